@@ -1,0 +1,342 @@
+"""The SQLite catalog (``catalog.db``), through sqlite-utils.
+
+The catalog is an index: everything in it can be rebuilt from the packs and
+the snapshot documents (see :mod:`catalog.rebuild`). It runs in WAL mode so
+readers (verify, restore) see committed state while a snapshot writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import sqlite_utils
+
+from catalog.errors import CatalogCorrupt
+from catalog.types import ChunkId, ChunkLocation, PackEntry, PackId
+
+SCHEMA_VERSION: Final = 1
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS packs (
+    id TEXT PRIMARY KEY, size INTEGER NOT NULL, chunk_count INTEGER NOT NULL,
+    added_at TEXT NOT NULL, verified_at TEXT
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id BLOB PRIMARY KEY, type INTEGER NOT NULL, pack_id TEXT NOT NULL, offset INTEGER NOT NULL,
+    stored_size INTEGER NOT NULL, raw_size INTEGER NOT NULL, codec INTEGER NOT NULL, sha256 BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_pack ON chunks(pack_id);
+CREATE TABLE IF NOT EXISTS manifests (
+    id BLOB PRIMARY KEY, file_size INTEGER NOT NULL, chunk_count INTEGER NOT NULL, hole_count INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY, created_at TEXT NOT NULL, hostname TEXT NOT NULL, sources TEXT NOT NULL,
+    stats TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_time ON snapshots(created_at);
+CREATE TABLE IF NOT EXISTS volumes (
+    id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, datastore TEXT NOT NULL, path TEXT NOT NULL,
+    name TEXT NOT NULL, kind TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    id INTEGER PRIMARY KEY, snapshot_id TEXT NOT NULL REFERENCES snapshots(id),
+    volume_id INTEGER NOT NULL REFERENCES volumes(id), state TEXT NOT NULL, reason TEXT,
+    size INTEGER NOT NULL, avm TEXT, UNIQUE (snapshot_id, volume_id)
+);
+CREATE INDEX IF NOT EXISTS versions_volume ON versions(volume_id, snapshot_id);
+CREATE TABLE IF NOT EXISTS files (
+    version_id INTEGER NOT NULL REFERENCES versions(id), path TEXT NOT NULL, role TEXT NOT NULL,
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, manifest_id BLOB NOT NULL, digest TEXT NOT NULL,
+    PRIMARY KEY (version_id, path)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    path: str
+    role: str
+    size: int
+    mtime_ns: int
+    manifest_id: ChunkId
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRow:
+    version_id: int
+    snapshot_id: str
+    created_at: str
+    volume_key: str
+    datastore: str
+    path: str
+    name: str
+    kind: str
+    state: str
+    reason: str | None
+    size: int
+    avm: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRow:
+    id: str
+    created_at: str
+    hostname: str
+    sources: list[str]
+    stats: dict[str, Any]
+
+
+class Index:
+    """Queries and writes of ``catalog.db``; every query returns dataclasses."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            if readonly:
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            else:
+                conn = sqlite3.connect(path, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            if not readonly:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if not readonly and version == 0:
+                conn.executescript(SCHEMA)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.commit()
+            elif version not in (0, SCHEMA_VERSION):
+                raise CatalogCorrupt(path=path, detail=f"unknown schema version {version}")
+            conn.execute("SELECT count(*) FROM snapshots").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise CatalogCorrupt(path=path, detail=str(exc)) from exc
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- chunks and packs -------------------------------------------------
+
+    def chunk_sha256(self, chunk_id: ChunkId) -> bytes | None:
+        with self._lock:
+            row = self.conn.execute("SELECT sha256 FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def locate(self, chunk_id: ChunkId) -> ChunkLocation | None:
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT pack_id, offset, stored_size, raw_size, codec, sha256 FROM chunks WHERE id = ?",
+                (chunk_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return ChunkLocation(chunk_id, PackId(row[0]), row[1], row[2], row[3], row[4], bytes(row[5]))
+
+    def add_pack(self, pack_id: PackId, size: int, entries: Iterable[PackEntry], added_at: str) -> None:
+        rows = [(e.chunk_id, e.type, pack_id, e.offset, e.stored_size, e.raw_size, e.codec, e.sha256) for e in entries]
+        with self._lock, self.conn:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO packs (id, size, chunk_count, added_at) VALUES (?, ?, ?, ?)",
+                (pack_id, size, len(rows), added_at),
+            )
+            self.conn.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def add_manifest(self, manifest_id: ChunkId, file_size: int, chunk_count: int, hole_count: int) -> None:
+        with self._lock, self.conn:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO manifests VALUES (?, ?, ?, ?)",
+                (manifest_id, file_size, chunk_count, hole_count),
+            )
+
+    def pack_ids(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT id FROM packs")}
+
+    def packs(self) -> list[tuple[str, int, int, str | None]]:
+        """(pack_id, size, chunk_count, verified_at), least recently verified first."""
+        return list(
+            self.conn.execute(
+                "SELECT id, size, chunk_count, verified_at FROM packs ORDER BY verified_at IS NOT NULL, verified_at, id"
+            )
+        )
+
+    def mark_packs_verified(self, pack_ids: Iterable[str], when: str) -> None:
+        with self._lock, self.conn:
+            self.conn.executemany("UPDATE packs SET verified_at = ? WHERE id = ?", [(when, p) for p in pack_ids])
+
+    def chunks_in_pack(self, pack_id: str) -> dict[bytes, tuple[int, int, int, int, int, bytes]]:
+        """chunk_id -> (type, offset, stored_size, raw_size, codec, sha256) of one pack."""
+        return {
+            bytes(r[0]): (r[1], r[2], r[3], r[4], r[5], bytes(r[6]))
+            for r in self.conn.execute(
+                "SELECT id, type, offset, stored_size, raw_size, codec, sha256 FROM chunks WHERE pack_id = ?",
+                (pack_id,),
+            )
+        }
+
+    def stored_totals(self) -> tuple[int, int, int]:
+        """(pack bytes, stored chunk bytes, raw chunk bytes) of data chunks."""
+        packs = self.conn.execute("SELECT coalesce(sum(size), 0) FROM packs").fetchone()[0]
+        stored, raw = self.conn.execute(
+            "SELECT coalesce(sum(stored_size), 0), coalesce(sum(raw_size), 0) FROM chunks WHERE type = 0"
+        ).fetchone()
+        return int(packs), int(stored), int(raw)
+
+    # -- snapshots --------------------------------------------------------
+
+    def snapshot_ids(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT id FROM snapshots")}
+
+    def add_snapshot(self, snapshot_id: str, doc: dict[str, Any]) -> None:
+        """Record a committed snapshot document and its volume versions in one transaction."""
+        with self._lock, self.conn:
+            self.conn.execute(
+                "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?)",
+                (
+                    snapshot_id,
+                    doc["created_at"],
+                    doc["hostname"],
+                    json.dumps(doc["sources"]),
+                    json.dumps(doc["stats"], sort_keys=True),
+                ),
+            )
+            for vol in doc["volumes"]:
+                self.conn.execute(
+                    "INSERT INTO volumes (key, datastore, path, name, kind) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET name = excluded.name, kind = excluded.kind",
+                    (vol["key"], vol["datastore"], vol["path"], vol["name"], vol["kind"]),
+                )
+                volume_id = self.conn.execute("SELECT id FROM volumes WHERE key = ?", (vol["key"],)).fetchone()[0]
+                size = sum(f["size"] for f in vol["files"])
+                avm = json.dumps(vol["avm"], sort_keys=True) if vol.get("avm") is not None else None
+                cur = self.conn.execute(
+                    "INSERT INTO versions (snapshot_id, volume_id, state, reason, size, avm) VALUES (?, ?, ?, ?, ?, ?)",
+                    (snapshot_id, volume_id, vol["state"], vol.get("reason"), size, avm),
+                )
+                self.conn.executemany(
+                    "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            cur.lastrowid,
+                            f["path"],
+                            f["role"],
+                            f["size"],
+                            f["mtime_ns"],
+                            bytes.fromhex(f["manifest"]),
+                            f["digest"],
+                        )
+                        for f in vol["files"]
+                    ],
+                )
+
+    def snapshots(self) -> list[SnapshotRow]:
+        return [
+            SnapshotRow(r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4]))
+            for r in self.conn.execute(
+                "SELECT id, created_at, hostname, sources, stats FROM snapshots ORDER BY created_at, id"
+            )
+        ]
+
+    _VERSION_SELECT: Final = (
+        "SELECT v.id, s.id, s.created_at, vol.key, vol.datastore, vol.path, vol.name, vol.kind, "
+        "v.state, v.reason, v.size, v.avm FROM versions v JOIN snapshots s ON s.id = v.snapshot_id "
+        "JOIN volumes vol ON vol.id = v.volume_id "
+    )
+
+    def _versions(self, where: str, params: tuple[object, ...]) -> list[VersionRow]:
+        return [
+            VersionRow(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                r[9],
+                r[10],
+                json.loads(r[11]) if r[11] else None,
+            )
+            for r in self.conn.execute(self._VERSION_SELECT + where, params)
+        ]
+
+    def versions_of_snapshot(self, snapshot_id: str) -> list[VersionRow]:
+        return self._versions("WHERE s.id = ? ORDER BY vol.key", (snapshot_id,))
+
+    def all_versions(self) -> list[VersionRow]:
+        return self._versions("ORDER BY vol.key, s.created_at", ())
+
+    def latest_versions(self, datastore: str) -> dict[str, VersionRow]:
+        """The newest version of each volume of a datastore (deleted ones included)."""
+        rows = self._versions(
+            "WHERE vol.datastore = ? AND s.created_at = (SELECT max(s2.created_at) FROM versions v2 "
+            "JOIN snapshots s2 ON s2.id = v2.snapshot_id WHERE v2.volume_id = v.volume_id)",
+            (datastore,),
+        )
+        return {r.volume_key: r for r in rows}
+
+    def versions_as_of(self, as_of: str) -> list[VersionRow]:
+        """Per volume, the newest version captured at or before ``as_of`` that holds files."""
+        return self._versions(
+            "WHERE v.id = (SELECT v2.id FROM versions v2 JOIN snapshots s2 ON s2.id = v2.snapshot_id "
+            "WHERE v2.volume_id = v.volume_id AND s2.created_at <= ? "
+            "ORDER BY s2.created_at DESC, s2.id DESC LIMIT 1) ORDER BY vol.key",
+            (as_of,),
+        )
+
+    def newest_with_files(self, volume_key: str, as_of: str) -> VersionRow | None:
+        rows = self._versions(
+            "WHERE vol.key = ? AND s.created_at <= ? AND EXISTS (SELECT 1 FROM files f WHERE f.version_id = v.id) "
+            "ORDER BY s.created_at DESC, s.id DESC LIMIT 1",
+            (volume_key, as_of),
+        )
+        return rows[0] if rows else None
+
+    def history(self, pattern: str) -> list[VersionRow]:
+        return self._versions(
+            "WHERE vol.key GLOB ? OR vol.name GLOB ? OR vol.path GLOB ? ORDER BY vol.key, s.created_at",
+            (pattern, pattern, pattern),
+        )
+
+    def files(self, version_id: int) -> list[FileRow]:
+        return [
+            FileRow(r[0], r[1], r[2], r[3], ChunkId(bytes(r[4])), r[5])
+            for r in self.conn.execute(
+                "SELECT path, role, size, mtime_ns, manifest_id, digest FROM files WHERE version_id = ? ORDER BY path",
+                (version_id,),
+            )
+        ]
+
+    def distinct_manifests(self) -> Iterator[tuple[bytes, str]]:
+        """(manifest_id, digest) of every stored file version, once each."""
+        for r in self.conn.execute("SELECT DISTINCT manifest_id, digest FROM files"):
+            yield bytes(r[0]), r[1]
+
+    def versions_using_manifests(self, manifest_ids: Iterable[bytes]) -> list[tuple[str, str, str, str]]:
+        """(volume key, snapshot id, created_at, file path) of every version that uses a manifest."""
+        ids = list(manifest_ids)
+        out: list[tuple[str, str, str, str]] = []
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            # The only interpolation is a run of "?" marks.
+            sql = (
+                "SELECT vol.key, s.id, s.created_at, f.path FROM files f JOIN versions v ON v.id = f.version_id "  # noqa: S608
+                "JOIN volumes vol ON vol.id = v.volume_id JOIN snapshots s ON s.id = v.snapshot_id "
+                f"WHERE f.manifest_id IN ({marks}) ORDER BY vol.key, s.created_at"
+            )
+            out += [(r[0], r[1], r[2], r[3]) for r in self.conn.execute(sql, part)]
+        return out
+
+    def logical_bytes(self) -> int:
+        return int(self.conn.execute("SELECT coalesce(sum(size), 0) FROM versions").fetchone()[0])

@@ -1,0 +1,184 @@
+"""Turn a file's bytes into stored chunks and a manifest.
+
+Chunks are read, tested for zero, hashed and compressed by a small thread
+pool (xxhash, hashlib and zstandard release the GIL), while the calling thread
+appends new chunks to the pack writer in file order. At most ``inflight``
+chunks are held in memory at once, whatever the file size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from catalog.chunker import FileDigest, chunk_id_of, is_zero, iter_offsets, zero_sha256
+from catalog.errors import Error
+from catalog.index import Index
+from catalog.manifest import encode_manifest
+from catalog.store import Compressor, PackWriter
+from catalog.types import HOLE_ID, TYPE_DATA, TYPE_MANIFEST, ChunkId
+
+ReadAt = Callable[[int, int], bytes]
+Progress = Callable[[int], None]
+
+DEFAULT_WORKERS: Final = 2  # this is CPU work; the machines we run on have few cores
+
+
+class ShortRead(Error):
+    template = "{path} changed while it was read (expected {expected} bytes at offset {offset}, got {got})"
+    hint = "the file is being written; it is retried at the next snapshot"
+    code = "short_read"
+    exit_code = 1
+
+
+@dataclass(slots=True)
+class IngestStats:
+    files: int = 0
+    chunks: int = 0
+    holes: int = 0
+    new_chunks: int = 0
+    new_raw_bytes: int = 0
+    new_stored_bytes: int = 0
+    read_bytes: int = 0
+
+    def add(self, other: IngestStats) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    manifest_id: ChunkId
+    digest: str
+    size: int
+    stats: IngestStats = field(compare=False)
+
+
+@dataclass(slots=True)
+class _Chunk:
+    chunk_id: ChunkId
+    sha256: bytes
+    raw_size: int
+    codec: int = 0
+    stored: bytes | None = None  # set only for chunks not yet in the repository
+
+
+class Ingester:
+    """Stores files into one repository for the length of a writer session."""
+
+    def __init__(
+        self,
+        index: Index,
+        writer: PackWriter,
+        chunk_size: int,
+        compressor: Compressor,
+        *,
+        workers: int = DEFAULT_WORKERS,
+    ) -> None:
+        self.index = index
+        self.writer = writer
+        self.chunk_size = chunk_size
+        self.compressor = compressor
+        self.workers = workers
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest")
+        self.inflight = max(4, workers * 3)
+        self._pending: dict[bytes, bytes] = {}  # chunk id -> sha256 of chunks stored in this session
+        self._pending_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _known_sha256(self, chunk_id: ChunkId) -> bytes | None:
+        sha = self._pending.get(chunk_id)
+        if sha is not None:
+            return sha
+        return self.index.chunk_sha256(chunk_id)
+
+    def _work(self, read_at: ReadAt, path: str, offset: int, size: int) -> _Chunk:
+        raw = read_at(offset, size)
+        if len(raw) != size:
+            raise ShortRead(path=path, expected=size, offset=offset, got=len(raw))
+        if is_zero(raw):
+            return _Chunk(HOLE_ID, zero_sha256(size), size)
+        cid = chunk_id_of(raw)
+        sha = self._known_sha256(cid)
+        if sha is not None:
+            return _Chunk(cid, sha, size)
+        sha = hashlib.sha256(raw).digest()
+        codec, stored = self.compressor.compress(raw)
+        return _Chunk(cid, sha, size, codec, stored)
+
+    def _store(self, chunk: _Chunk, stats: IngestStats) -> None:
+        if chunk.stored is None:
+            return
+        with self._pending_lock:
+            if chunk.chunk_id in self._pending:
+                return
+            self._pending[chunk.chunk_id] = chunk.sha256
+        self.writer.add(chunk.chunk_id, TYPE_DATA, chunk.codec, chunk.raw_size, chunk.sha256, chunk.stored)
+        stats.new_chunks += 1
+        stats.new_raw_bytes += chunk.raw_size
+        stats.new_stored_bytes += len(chunk.stored)
+
+    def ingest(self, read_at: ReadAt, size: int, path: str = "", progress: Progress | None = None) -> FileResult:
+        """Store one file of ``size`` bytes read through ``read_at(offset, length)``."""
+        stats = IngestStats(files=1)
+        digest = FileDigest()
+        ids: list[bytes] = []
+        queue: deque[Future[_Chunk]] = deque()
+
+        def drain_one() -> None:
+            chunk = queue.popleft().result()
+            ids.append(chunk.chunk_id)
+            digest.add_block_sha256(chunk.sha256)
+            stats.chunks += 1
+            stats.read_bytes += chunk.raw_size
+            if chunk.chunk_id == HOLE_ID:
+                stats.holes += 1
+            else:
+                self._store(chunk, stats)
+            if progress is not None:
+                progress(chunk.raw_size)
+
+        try:
+            for offset, length in iter_offsets(size, self.chunk_size):
+                queue.append(self.pool.submit(self._work, read_at, path, offset, length))
+                if len(queue) >= self.inflight:
+                    drain_one()
+            while queue:
+                drain_one()
+        finally:
+            for fut in queue:
+                fut.cancel()
+        manifest_id = self.put_manifest(size, ids)
+        return FileResult(manifest_id, digest.hexdigest(), size, stats)
+
+    def put_manifest(self, size: int, ids: list[bytes]) -> ChunkId:
+        blob = encode_manifest(self.chunk_size, size, ids)
+        mid = chunk_id_of(blob)
+        if self._known_sha256(mid) is None:
+            codec, stored = self.compressor.compress(blob)
+            sha = hashlib.sha256(blob).digest()
+            with self._pending_lock:
+                self._pending[mid] = sha
+            self.writer.add(mid, TYPE_MANIFEST, codec, len(blob), sha, stored)
+        self.index.add_manifest(mid, size, len(ids), sum(1 for c in ids if c == HOLE_ID))
+        return mid
+
+
+def read_at_path(path: Path) -> tuple[ReadAt, Callable[[], None]]:
+    """A thread-safe ``read_at`` over a local file, and its closer."""
+    import os
+
+    fd = os.open(path, os.O_RDONLY)
+
+    def read_at(offset: int, size: int) -> bytes:
+        return os.pread(fd, size, offset)
+
+    return read_at, lambda: os.close(fd)

@@ -1,0 +1,486 @@
+"""The command line: parse, call a job, render. Only this module prints."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from catalog.check import verify as verify_repo
+from catalog.errors import Error
+from catalog.lock import break_lock
+from catalog.repo import Repository
+from toolkit import __version__
+from toolkit.errors import SourceNotDirectory, SourceNotFound
+from toolkit.ops.restore import parse_as_of
+from toolkit.ops.restore import restore as restore_job
+from toolkit.ops.snapshot import Source
+from toolkit.ops.snapshot import snapshot as snapshot_job
+from toolkit.progress import Progress, human_bytes
+from toolkit.transports.local import LocalTransport
+
+
+class RepoMissing(Error):
+    template = "no repository given"
+    hint = "pass --repo PATH or set TOOLKIT_REPO"
+    code = "repo_missing"
+
+
+@dataclass
+class Ctx:
+    repo_path: Path | None
+    json: bool
+    quiet: bool
+
+    def repo(self) -> Path:
+        if self.repo_path is None:
+            raise RepoMissing()
+        return self.repo_path
+
+    @contextlib.contextmanager
+    def open(self, *, readonly: bool = True) -> Iterator[Repository]:
+        repo = Repository.open(self.repo(), readonly=readonly)
+        try:
+            yield repo
+        finally:
+            repo.close()
+
+    def progress(self) -> Progress:
+        return Progress(quiet=self.quiet or self.json)
+
+    def emit(self, data: dict[str, Any], text: str) -> None:
+        if self.json:
+            click.echo(json.dumps(data, indent=2, sort_keys=True))
+        else:
+            click.echo(text)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--repo",
+    type=click.Path(path_type=Path),
+    envvar="TOOLKIT_REPO",
+    help="Repository directory (or TOOLKIT_REPO).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of a table.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress or log lines on stderr.")
+@click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
+@click.version_option(__version__, prog_name="toolkit")
+@click.pass_context
+def cli(ctx: click.Context, repo: Path | None, as_json: bool, quiet: bool, verbose: int) -> None:
+    """Restore-first backup, verification and recovery for App Volumes volumes.
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks init
+      toolkit --repo /backup/appstacks snapshot /mnt/datastore1
+      toolkit --repo /backup/appstacks verify --read-data
+      toolkit --repo /backup/appstacks restore --as-of 2026-11-20T03:00 --to /mnt/restore
+    """
+    level = logging.WARNING - 10 * verbose if not quiet else logging.ERROR
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(message)s", stream=sys.stderr)
+    ctx.obj = Ctx(repo, as_json, quiet)
+
+
+@cli.command()
+@click.option("--chunk-size", default="1M", show_default=True, help="Fixed chunk size (64K … 4M, power of two).")
+@pass_ctx
+def init(c: Ctx, chunk_size: str) -> None:
+    """Create a repository in an empty or new directory.
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks init
+    """
+    size = parse_size(chunk_size)
+    repo = Repository.init(c.repo(), chunk_size=size)
+    repo.close()
+    c.emit(
+        {"repository": str(repo.root), "id": repo.config.id, "chunk_size": size},
+        f"created repository {repo.root} (chunk size {human_bytes(size)})",
+    )
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if t and t[-1] in units:
+            return int(t[:-1]) * units[t[-1]]
+        return int(t)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size such as 1M or 256K") from None
+
+
+def parse_source(spec: str) -> Source:
+    name, sep, path = spec.partition("=")
+    if not sep:
+        name, path = "", spec
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise SourceNotFound(path=root)
+    if not root.is_dir():
+        raise SourceNotDirectory(path=root)
+    return Source(name or root.resolve().name, LocalTransport(root))
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.option("--rehash", is_flag=True, help="Read files even when size and mtime are unchanged.")
+@pass_ctx
+def snapshot(c: Ctx, sources: tuple[str, ...], rehash: bool) -> None:
+    """Capture every volume found on the given datastores.
+
+    SOURCE is a directory laid out like a datastore (an NFS mount or a copy);
+    volumes are recorded under the directory's name, or NAME=DIR names it.
+    Unchanged files (same size and mtime) are recorded without being read.
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks snapshot /mnt/datastore1
+      toolkit --repo /backup/appstacks snapshot ds-gold=/mnt/nfs/gold
+    """
+    srcs = [parse_source(s) for s in sources]
+    progress = c.progress()
+    with c.open(readonly=False) as repo, repo.writing("snapshot"):
+        report = snapshot_job(repo, srcs, rehash=rehash, event=progress)
+    progress.finish()
+    counts = {s: report.count(s) for s in ("new", "changed", "unchanged", "deleted", "failed", "skipped")}
+    st = report.stats
+    text = (
+        f"snapshot {report.snapshot_id[:12]} at {report.created_at}\n"
+        f"volumes: {', '.join(f'{n} {s}' for s, n in counts.items() if n)}\n"
+        f"read {human_bytes(st.read_bytes)}, {st.new_chunks} new chunks "
+        f"({human_bytes(st.new_raw_bytes)} → {human_bytes(st.new_stored_bytes)} stored) in {report.duration_s:.1f} s"
+    )
+    for v in report.volumes:
+        if v["state"] in ("failed", "skipped"):
+            text += f"\n{v['state']}: {v['key']}: {v['reason']}"
+    c.emit(report.to_json(), text)
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@pass_ctx
+def snapshots(c: Ctx) -> None:
+    """List committed snapshots, oldest first.
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks snapshots
+    """
+    with c.open() as repo:
+        rows = repo.index.snapshots()
+    data = [
+        {
+            "id": s.id,
+            "created_at": s.created_at,
+            "hostname": s.hostname,
+            "sources": s.sources,
+            "stats": s.stats,
+        }
+        for s in rows
+    ]
+    text = table(
+        [
+            [
+                s.id[:12],
+                s.created_at[:19],
+                ",".join(s.sources),
+                human_bytes(s.stats.get("bytes_read", 0)),
+                human_bytes(s.stats.get("pack_bytes_added", 0)),
+            ]
+            for s in rows
+        ],
+        ["ID", "CREATED (UTC)", "SOURCES", "READ", "ADDED"],
+    )
+    c.emit({"snapshots": data}, text)
+
+
+@cli.command()
+@pass_ctx
+def volumes(c: Ctx) -> None:
+    """List every volume ever captured with its newest state.
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks volumes
+    """
+    with c.open() as repo:
+        latest: dict[str, Any] = {}
+        counts: dict[str, int] = {}
+        for v in repo.index.all_versions():
+            latest[v.volume_key] = v
+            counts[v.volume_key] = counts.get(v.volume_key, 0) + 1
+        totals = repo.index.stored_totals()
+        logical = repo.index.logical_bytes()
+    data = [
+        {
+            "key": k,
+            "name": v.name,
+            "kind": v.kind,
+            "state": v.state,
+            "last_seen": v.created_at,
+            "size": v.size,
+            "versions": counts[k],
+        }
+        for k, v in latest.items()
+    ]
+    text = table(
+        [
+            [d["key"], d["kind"], d["state"], d["last_seen"][:19], human_bytes(d["size"]), str(d["versions"])]
+            for d in data
+        ],
+        ["VOLUME", "KIND", "STATE", "LAST SNAPSHOT (UTC)", "SIZE", "VERSIONS"],
+    )
+    ratio = logical / totals[0] if totals[0] else 0.0
+    text += f"\nrepository: {human_bytes(totals[0])} in packs for {human_bytes(logical)} of versions (×{ratio:.1f})"
+    c.emit({"volumes": data, "pack_bytes": totals[0], "logical_bytes": logical}, text)
+
+
+@cli.command()
+@click.argument("name")
+@pass_ctx
+def history(c: Ctx, name: str) -> None:
+    """Every version of the volumes whose name, path or key matches NAME (a glob).
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks history 'Office*'
+    """
+    with c.open() as repo:
+        rows = repo.index.history(name)
+        if not rows and not any(ch in name for ch in "*?["):
+            rows = repo.index.history(f"*{name}*")
+    data = [
+        {
+            "key": v.volume_key,
+            "snapshot": v.snapshot_id,
+            "created_at": v.created_at,
+            "state": v.state,
+            "reason": v.reason,
+            "size": v.size,
+        }
+        for v in rows
+    ]
+    text = table(
+        [
+            [
+                v.volume_key,
+                v.snapshot_id[:12],
+                v.created_at[:19],
+                v.state,
+                human_bytes(v.size),
+                v.reason or "",
+            ]
+            for v in rows
+        ],
+        ["VOLUME", "SNAPSHOT", "CREATED (UTC)", "STATE", "SIZE", "REASON"],
+    )
+    c.emit({"versions": data}, text if rows else f"no volume matches {name!r}")
+    if not rows:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--read-data", is_flag=True, help="Read every pack and re-check every chunk.")
+@click.option(
+    "--read-data-subset",
+    type=click.FloatRange(0, 100),
+    metavar="PCT",
+    help="Read PCT % of the stored data, least recently verified first, so runs rotate through everything.",
+)
+@pass_ctx
+def verify(c: Ctx, read_data: bool, read_data_subset: float | None) -> None:
+    """Prove every stored version can be reassembled; exit 1 naming what is damaged.
+
+    Without options the metadata level runs: documents, packs present, every
+    version's manifest and digest. --read-data also reads every byte.
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks verify --read-data
+      toolkit --repo /backup/appstacks verify --read-data-subset 10
+    """
+    if read_data and read_data_subset is not None:
+        raise click.UsageError("use --read-data or --read-data-subset, not both")
+    progress = c.progress()
+    with c.open(readonly=False) as repo:  # records which packs were read, for the rotation
+        report = verify_repo(
+            repo,
+            read_data=read_data,
+            subset_pct=read_data_subset,
+            progress=lambda n: progress("bytes", {"n": n}),
+        )
+    progress.finish()
+    lines = [
+        f"verify ({report.level}): {report.snapshots} snapshots, {report.versions} versions, "
+        f"{report.manifests} files, {report.packs_read}/{report.packs_total} packs read "
+        f"({human_bytes(report.bytes_read)}, {report.chunks_read} chunks)"
+    ]
+    for w in report.warnings:
+        lines.append(f"warning: {w}")
+    for p in report.problems:
+        lines.append(f"DAMAGED {p.kind}: {p.message}")
+        for a in p.affected:
+            lines.append(f"  affects {a.volume} in snapshot {a.snapshot_id[:12]} ({a.created_at[:19]}): {a.path}")
+    lines.append("ok: every version checked is restorable" if report.ok else f"{len(report.problems)} problem(s) found")
+    c.emit(report.to_json(), "\n".join(lines))
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--as-of", "as_of", required=True, help="ISO 8601 time (local if no zone) or a snapshot id.")
+@click.option("--volume", "volumes", multiple=True, metavar="GLOB", help="Only volumes whose name, path or key match.")
+@click.option("--datastore", "datastores", multiple=True, help="Only volumes captured from this datastore.")
+@click.option("--to", "dest", required=True, type=click.Path(path_type=Path), help="Directory to restore into.")
+@click.option("--dry-run", is_flag=True, help="Show what would be restored; write nothing.")
+@click.option("--overwrite", is_flag=True, help="Replace files that exist and differ.")
+@pass_ctx
+def restore(
+    c: Ctx,
+    as_of: str,
+    volumes: tuple[str, ...],
+    datastores: tuple[str, ...],
+    dest: Path,
+    dry_run: bool,
+    overwrite: bool,
+) -> None:
+    """Restore each volume as it was at --as-of into --to DIR.
+
+    Each volume is written at its datastore-relative path under DIR, through a
+    temporary name, checked against the digest recorded at capture, then
+    renamed. Zero chunks stay holes. A re-run skips files already in place.
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks restore --as-of 2026-11-20T03:00 --to /mnt/restore
+      toolkit --repo /backup/appstacks restore --as-of 2026-11-20 --volume 'Office*' --to /mnt/restore --dry-run
+    """
+    if dest.exists() and not dest.is_dir():
+        raise SourceNotDirectory(path=dest)
+    progress = c.progress()
+    with c.open() as repo:
+        when = parse_as_of(as_of, repo)
+        report = restore_job(
+            repo,
+            when,
+            LocalTransport(dest),
+            patterns=list(volumes),
+            datastores=list(datastores) or None,
+            dry_run=dry_run,
+            overwrite=overwrite,
+            event=progress,
+        )
+    progress.finish()
+    rows = [
+        [
+            v["key"],
+            v["status"],
+            v.get("captured_at", "")[:19],
+            human_bytes(v.get("size", 0)),
+            v.get("error") or v.get("note") or v.get("reason") or "",
+        ]
+        for v in report.volumes
+    ]
+    text = table(rows, ["VOLUME", "STATUS", "CAPTURED (UTC)", "SIZE", "NOTE"])
+    if not dry_run:
+        text += f"\nwrote {human_bytes(report.bytes_written)} in {report.duration_s:.1f} s"
+    c.emit(report.to_json(), text)
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--rebuild-catalog",
+    is_flag=True,
+    required=True,
+    help="Rebuild catalog.db from packs and snapshot documents.",
+)
+@pass_ctx
+def repair(c: Ctx, rebuild_catalog: bool) -> None:
+    """Rebuild the catalog from the packs and snapshot documents alone.
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks repair --rebuild-catalog
+    """
+    from catalog.rebuild import rebuild_catalog as rebuild
+
+    result = rebuild(c.repo())
+    c.emit(
+        result,
+        f"catalog rebuilt: {result['packs']} packs, {result['snapshots']} snapshots"
+        + (f" (old catalog kept as {result['old_catalog']})" if result.get("old_catalog") else ""),
+    )
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Remove the lock even if its holder may still run (another host).")
+@pass_ctx
+def unlock(c: Ctx, force: bool) -> None:
+    """Remove a writer lock left by a job that died.
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks unlock
+    """
+    held = break_lock(c.repo(), force=force)
+    if held is None:
+        c.emit({"removed": None}, "repository is not locked")
+    else:
+        c.emit(
+            {"removed": {"owner": held.owner, "pid": held.pid, "host": held.host, "since": held.since}},
+            f"removed the lock of pid {held.pid} on {held.host} ({held.command}, since {held.since})",
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI and turn errors into one line and an exit code."""
+    as_json = "--json" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except Error as exc:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "code": exc.code, "message": str(exc), "hint": exc.hint_text}))
+        click.echo(f"error: {exc}", err=True)
+        if exc.hint_text:
+            click.echo(f"hint: {exc.hint_text}", err=True)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.Abort):
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        os._exit(0)
+    except Exception:  # noqa: BLE001 (a bug: show everything, exit 70)
+        traceback.print_exc()
+        click.echo("error: unexpected failure (a bug); please report the traceback above", err=True)
+        sys.exit(70)

@@ -1,0 +1,1 @@
+"""The jobs behind the CLI verbs: plain functions that return reports."""

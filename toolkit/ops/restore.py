@@ -1,0 +1,202 @@
+"""The disaster job: put volumes back as they were at a point in time."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from catalog.assemble import load_manifest, restore_file
+from catalog.chunker import file_digest_of
+from catalog.errors import Error
+from catalog.index import FileRow, VersionRow
+from catalog.repo import Repository
+from toolkit.errors import BadTime, DestinationExists, NothingToRestore, SnapshotAmbiguous
+from toolkit.transports.local import LocalTransport, safe_relpath
+
+log = logging.getLogger(__name__)
+
+Event = Callable[[str, dict[str, Any]], None]
+
+
+def parse_as_of(value: str, repo: Repository) -> str:
+    """An ISO 8601 time (local time when no zone is given) or a snapshot id → UTC ISO string."""
+    text = value.strip()
+    if len(text) >= 6 and all(c in "0123456789abcdef" for c in text.lower()) and not text.isdigit():
+        matches = [s for s in repo.index.snapshots() if s.id.startswith(text.lower())]
+        if len(matches) > 1:
+            raise SnapshotAmbiguous(ref=value, count=len(matches))
+        if matches:
+            return matches[0].created_at
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadTime(value=value) from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # local time, as the operator typed it
+    return when.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedVolume:
+    version: VersionRow
+    files: list[FileRow]
+    note: str | None = None
+
+
+@dataclass(slots=True)
+class RestoreReport:
+    as_of: str
+    dry_run: bool
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    bytes_written: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(v["status"] in ("restored", "in place", "planned") for v in self.volumes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "as_of": self.as_of,
+            "dry_run": self.dry_run,
+            "bytes_written": self.bytes_written,
+            "duration_s": round(self.duration_s, 3),
+            "volumes": self.volumes,
+        }
+
+
+def plan_restore(
+    repo: Repository, as_of: str, patterns: list[str], datastores: list[str] | None = None
+) -> tuple[list[PlannedVolume], list[str]]:
+    """The version of each selected volume to restore, and notes on volumes left out."""
+    index = repo.index
+    plan: list[PlannedVolume] = []
+    notes: list[str] = []
+    for v in index.versions_as_of(as_of):
+        if datastores and v.datastore not in datastores:
+            continue
+        if patterns and not any(fnmatch.fnmatchcase(x, p) for p in patterns for x in (v.name, v.path, v.volume_key)):
+            continue
+        if v.state == "deleted":
+            notes.append(f"{v.volume_key}: deleted before that time (snapshot {v.snapshot_id[:12]})")
+            continue
+        chosen, note = v, None
+        if v.state in ("failed", "skipped"):
+            good = index.newest_with_files(v.volume_key, as_of)
+            if good is None:
+                notes.append(f"{v.volume_key}: never captured successfully by that time ({v.reason})")
+                continue
+            chosen, note = good, f"capture at {v.created_at} {v.state}; using {good.created_at}"
+        plan.append(PlannedVolume(chosen, index.files(chosen.version_id), note))
+    if not plan:
+        what = f"{', '.join(patterns)} as of {as_of}" if patterns else f"anything as of {as_of}"
+        raise NothingToRestore(
+            detail=what + ("" if not notes else f" ({len(notes)} volume(s) deleted or never captured)")
+        )
+    paths: dict[str, str] = {}
+    for p in plan:
+        for f in p.files:
+            other = paths.setdefault(f.path, p.version.volume_key)
+            if other != p.version.volume_key:
+                raise PathClash(path=f.path, a=other, b=p.version.volume_key)
+    return plan, notes
+
+
+class PathClash(Error):
+    template = "{a} and {b} would both be restored to {path}"
+    hint = "restore one datastore at a time with --datastore"
+    code = "path_clash"
+
+
+def restore(
+    repo: Repository,
+    as_of: str,
+    dest: LocalTransport,
+    *,
+    patterns: list[str] | None = None,
+    datastores: list[str] | None = None,
+    dry_run: bool = False,
+    overwrite: bool = False,
+    workers: int = 2,
+    event: Event | None = None,
+) -> RestoreReport:
+    started = time.monotonic()
+    emit = event or (lambda _k, _d: None)
+    plan, notes = plan_restore(repo, as_of, patterns or [], datastores)
+    report = RestoreReport(as_of, dry_run)
+    for note in notes:
+        report.volumes.append(
+            {"key": note.split(":", 1)[0], "status": "not restored", "reason": note.split(": ", 1)[1]}
+        )
+    chunk_size = repo.config.chunk_size
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
+        for item in plan:
+            v = item.version
+            entry: dict[str, Any] = {
+                "key": v.volume_key,
+                "name": v.name,
+                "kind": v.kind,
+                "snapshot": v.snapshot_id,
+                "captured_at": v.created_at,
+                "size": sum(f.size for f in item.files),
+                "files": [f.path for f in item.files],
+                "note": item.note,
+            }
+            report.volumes.append(entry)
+            if dry_run:
+                entry["status"] = "planned"
+                emit("volume", entry)
+                continue
+            emit("volume_start", {"key": v.volume_key, "size": entry["size"]})
+            try:
+                in_place = 0
+                for f in item.files:
+                    safe_relpath(f.path)
+                    existing = dest.stat(f.path)
+                    if existing is not None:
+                        if existing.size == f.size and _digest_of(dest, f.path, chunk_size) == f.digest:
+                            in_place += 1
+                            emit("bytes", {"n": f.size})
+                            continue
+                        if not overwrite:
+                            raise DestinationExists(path=dest.root / f.path)
+                    dest.clean_partials(f.path)
+                    manifest = load_manifest(repo.index, repo.reader, f.manifest_id)
+                    with dest.open_write(f.path, f.size, f.mtime_ns) as write_at:
+                        got = restore_file(
+                            repo.index,
+                            repo.reader,
+                            manifest,
+                            write_at,
+                            pool=pool,
+                            progress=lambda n: emit("bytes", {"n": n}),
+                        )
+                        if got != f.digest:
+                            raise RestoredDigestMismatch(path=f.path, got=got, expected=f.digest)
+                    report.bytes_written += f.size
+                entry["status"] = "in place" if in_place == len(item.files) else "restored"
+            except Error as exc:
+                entry["status"] = "failed"
+                entry["error"] = str(exc)
+            emit("volume", entry)
+    report.duration_s = time.monotonic() - started
+    return report
+
+
+class RestoredDigestMismatch(Error):
+    template = "{path}: the restored bytes have digest {got}, {expected} was recorded; the file was not put in place"
+    hint = "run: toolkit verify --read-data"
+    code = "restored_digest_mismatch"
+    exit_code = 1
+
+
+def _digest_of(dest: LocalTransport, path: str, chunk_size: int) -> str:
+    with (dest.root / path).open("rb") as f:
+        return file_digest_of(f, chunk_size)

@@ -1,0 +1,246 @@
+"""The nightly job: capture every volume of the given datastores."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from catalog.errors import Error, StoreFull
+from catalog.index import VersionRow
+from catalog.ingest import Ingester, IngestStats
+from catalog.repo import Repository, now_iso
+from catalog.store import Compressor, PackWriter
+from toolkit.layout import FoundVolume, find_volumes
+from toolkit.transports.base import Transport
+
+log = logging.getLogger(__name__)
+
+Event = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    datastore: str  # the name volumes are recorded under
+    transport: Transport
+
+
+@dataclass(slots=True)
+class SnapshotReport:
+    snapshot_id: str = ""
+    created_at: str = ""
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    stats: IngestStats = field(default_factory=IngestStats)
+    duration_s: float = 0.0
+    pack_bytes_added: int = 0
+
+    def count(self, state: str) -> int:
+        return sum(1 for v in self.volumes if v["state"] == state)
+
+    @property
+    def ok(self) -> bool:
+        return not any(v["state"] in ("failed", "skipped") for v in self.volumes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "snapshot": self.snapshot_id,
+            "created_at": self.created_at,
+            "duration_s": round(self.duration_s, 3),
+            "volumes": [
+                {k: v[k] for k in ("key", "name", "kind", "state", "reason")}
+                | {"size": sum(f["size"] for f in v["files"])}
+                for v in self.volumes
+            ],
+            "stats": {
+                "files_read": self.stats.files,
+                "bytes_read": self.stats.read_bytes,
+                "chunks": self.stats.chunks,
+                "holes": self.stats.holes,
+                "new_chunks": self.stats.new_chunks,
+                "new_raw_bytes": self.stats.new_raw_bytes,
+                "new_stored_bytes": self.stats.new_stored_bytes,
+                "pack_bytes_added": self.pack_bytes_added,
+            },
+        }
+
+
+def _file_entry(path: str, role: str, size: int, mtime_ns: int, manifest: str, digest: str) -> dict[str, Any]:
+    return {
+        "path": path,
+        "role": role,
+        "size": size,
+        "mtime_ns": mtime_ns,
+        "manifest": manifest,
+        "digest": digest,
+    }
+
+
+def _capture(
+    vol: FoundVolume,
+    source: Source,
+    previous: VersionRow | None,
+    prev_files: dict[str, dict[str, Any]],
+    ingester: Ingester,
+    stats: IngestStats,
+    rehash: bool,
+    on_bytes: Callable[[int], None],
+) -> list[dict[str, Any]]:
+    files = []
+    for vf in vol.files:
+        info = vf.info
+        prev = prev_files.get(info.path)
+        if prev and not rehash and prev["size"] == info.size and prev["mtime_ns"] == info.mtime_ns:
+            files.append(_file_entry(info.path, vf.role, info.size, info.mtime_ns, prev["manifest"], prev["digest"]))
+            continue
+        with source.transport.open_read(info.path) as read_at:
+            result = ingester.ingest(read_at, info.size, info.path, on_bytes)
+        after = source.transport.stat(info.path)
+        if after is None or (after.size, after.mtime_ns) != (info.size, info.mtime_ns):
+            raise VolumeChanged(path=info.path)
+        stats.add(result.stats)
+        files.append(_file_entry(info.path, vf.role, info.size, info.mtime_ns, result.manifest_id.hex(), result.digest))
+    return files
+
+
+class VolumeChanged(Error):
+    template = "{path} changed while it was read"
+    hint = "the volume is being written (provisioning or an update); it is retried at the next snapshot"
+    code = "volume_changed"
+    exit_code = 1
+
+
+def snapshot(
+    repo: Repository,
+    sources: list[Source],
+    *,
+    rehash: bool = False,
+    event: Event | None = None,
+    workers: int = 2,
+) -> SnapshotReport:
+    """Capture every volume of ``sources`` into one new snapshot; the caller holds the writer lock."""
+    started = time.monotonic()
+    report = SnapshotReport()
+    emit = event or (lambda _kind, _data: None)
+    index = repo.index
+    packs_before = index.stored_totals()[0]
+    writer = PackWriter(
+        repo.root,
+        lambda pid, size, entries: index.add_pack(pid, size, entries, now_iso()),
+        repo.config.pack_target_bytes,
+    )
+    ingester = Ingester(index, writer, repo.config.chunk_size, Compressor(repo.config.zstd_level), workers=workers)
+    try:
+        for source in sources:
+            latest = index.latest_versions(source.datastore)
+            found = find_volumes(source.datastore, source.transport)
+            emit("datastore", {"datastore": source.datastore, "volumes": len(found)})
+            seen = set()
+            for vol in found:
+                seen.add(vol.key)
+                previous = latest.get(vol.key)
+                if previous is not None and previous.state == "deleted":
+                    previous = None
+                entry = _volume_entry(vol)
+                if vol.error:
+                    entry.update(state="failed", reason=vol.error)
+                    report.volumes.append(entry)
+                    emit("volume", entry)
+                    continue
+                prev_files = {}
+                if previous is not None:
+                    prev_files = {
+                        f.path: _file_entry(f.path, f.role, f.size, f.mtime_ns, f.manifest_id.hex(), f.digest)
+                        for f in index.files(previous.version_id)
+                    }
+                    if not prev_files:  # the previous run failed: compare with the last good capture
+                        good = index.newest_with_files(vol.key, previous.created_at)
+                        if good is not None:
+                            prev_files = {
+                                f.path: _file_entry(f.path, f.role, f.size, f.mtime_ns, f.manifest_id.hex(), f.digest)
+                                for f in index.files(good.version_id)
+                            }
+                emit("volume_start", {"key": vol.key, "size": sum(f.info.size for f in vol.files)})
+                try:
+                    files = _capture(
+                        vol,
+                        source,
+                        previous,
+                        prev_files,
+                        ingester,
+                        report.stats,
+                        rehash,
+                        lambda n: emit("bytes", {"n": n}),
+                    )
+                except StoreFull:
+                    raise
+                except Error as exc:
+                    entry.update(state="failed", reason=str(exc))
+                    report.volumes.append(entry)
+                    emit("volume", entry)
+                    continue
+                except OSError as exc:
+                    entry.update(state="failed", reason=f"cannot read: {exc.strerror or exc}")
+                    report.volumes.append(entry)
+                    emit("volume", entry)
+                    continue
+                entry["files"] = files
+                if not prev_files:
+                    entry["state"] = "new"
+                elif {(f["path"], f["manifest"]) for f in files} == {(p, f["manifest"]) for p, f in prev_files.items()}:
+                    entry["state"] = "unchanged"
+                else:
+                    entry["state"] = "changed"
+                report.volumes.append(entry)
+                emit("volume", entry)
+            for key, prev in sorted(latest.items()):
+                if key not in seen and prev.state != "deleted":
+                    gone: dict[str, Any] = {
+                        "key": key,
+                        "datastore": prev.datastore,
+                        "path": prev.path,
+                        "name": prev.name,
+                        "kind": prev.kind,
+                        "state": "deleted",
+                        "reason": "no longer on the datastore",
+                        "avm": None,
+                        "files": [],
+                    }
+                    report.volumes.append(gone)
+                    emit("volume", gone)
+        writer.seal()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        ingester.close()
+    report.created_at = now_iso()
+    doc = {
+        "created_at": report.created_at,
+        "hostname": socket.gethostname(),
+        "sources": [s.datastore for s in sources],
+        "stats": {},
+        "volumes": report.volumes,
+    }
+    report.pack_bytes_added = index.stored_totals()[0] - packs_before
+    report.duration_s = time.monotonic() - started
+    doc["stats"] = report.to_json()["stats"] | {"duration_s": round(report.duration_s, 3)}
+    report.snapshot_id = repo.write_snapshot(doc)
+    return report
+
+
+def _volume_entry(vol: FoundVolume) -> dict[str, Any]:
+    return {
+        "key": vol.key,
+        "datastore": vol.datastore,
+        "path": vol.path,
+        "name": vol.name,
+        "kind": vol.kind,
+        "state": "",
+        "reason": None,
+        "avm": None,
+        "files": [],
+    }

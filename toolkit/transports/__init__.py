@@ -1,0 +1,1 @@
+"""Transports: how the toolkit reads and writes datastore files."""

@@ -1,0 +1,107 @@
+"""A datastore reachable as a local directory (an NFS mount, a copy, the lab)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+from catalog.errors import Error
+from catalog.store import fsync_dir
+from toolkit.transports.base import FileInfo, ReadAt, WriteAt
+
+PARTIAL_SUFFIX = ".toolkit-partial"  # in-progress restores; never a final name
+
+
+class UnsafePath(Error):
+    template = "refusing path {path!r}: it leaves the destination"
+    hint = "the stored path is damaged or hostile; restore with --volume to pick other volumes"
+    code = "unsafe_path"
+
+
+def safe_relpath(path: str) -> PurePosixPath:
+    """A relative path with no '..', no root and no empty parts, or UnsafePath."""
+    p = PurePosixPath(path)
+    if p.is_absolute() or not p.parts or any(part in ("..", ".", "") for part in p.parts) or "\\" in path:
+        raise UnsafePath(path=path)
+    return p
+
+
+class LocalTransport:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def _abs(self, path: str) -> Path:
+        return self.root.joinpath(*safe_relpath(path).parts)
+
+    def walk(self) -> Iterator[FileInfo]:
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.startswith(".") or name.endswith(PARTIAL_SUFFIX):
+                    continue
+                full = Path(dirpath) / name
+                try:
+                    st = full.stat()
+                except FileNotFoundError:
+                    continue
+                if not full.is_file():
+                    continue
+                yield FileInfo(full.relative_to(self.root).as_posix(), st.st_size, st.st_mtime_ns)
+
+    def stat(self, path: str) -> FileInfo | None:
+        try:
+            st = self._abs(path).stat()
+        except FileNotFoundError:
+            return None
+        return FileInfo(path, st.st_size, st.st_mtime_ns)
+
+    def read_small(self, path: str, limit: int) -> bytes:
+        with self._abs(path).open("rb") as f:
+            return f.read(limit)
+
+    @contextlib.contextmanager
+    def open_read(self, path: str) -> Iterator[ReadAt]:
+        fd = os.open(self._abs(path), os.O_RDONLY)
+        try:
+            yield lambda offset, size: os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def open_write(self, path: str, size: int, mtime_ns: int) -> Iterator[WriteAt]:
+        final = self._abs(path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)  # holes stay holes: only non-zero chunks are written
+
+            def write_at(offset: int, data: bytes) -> None:
+                view = memoryview(data)
+                while view:
+                    n = os.pwrite(fd, view, offset)
+                    view, offset = view[n:], offset + n
+
+            yield write_at
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.utime(tmp, ns=(mtime_ns, mtime_ns))
+        tmp.replace(final)
+        fsync_dir(final.parent)
+
+    def clean_partials(self, path: str) -> None:
+        """Remove leftovers of an interrupted restore of ``path``."""
+        final = self._abs(path)
+        if final.parent.is_dir():
+            for p in final.parent.glob(f".{final.name}.*{PARTIAL_SUFFIX}"):
+                p.unlink(missing_ok=True)
