@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from catalog.chunker import FileDigest, zero_sha256
-from catalog.errors import ChunkMissing, Error
+from catalog.errors import ChunkMissing
 from catalog.index import Index
 from catalog.manifest import Manifest, decode_manifest
 from catalog.store import PackReader
@@ -20,13 +20,6 @@ WriteAt = Callable[[int, bytes], None]
 Progress = Callable[[int], None]
 
 DEFAULT_WORKERS: Final = 2
-
-
-class DigestMismatch(Error):
-    template = "{what} reassembles to digest {got}, but {expected} was recorded at capture"
-    hint = "run: toolkit verify --read-data to find the damaged chunks"
-    code = "digest_mismatch"
-    exit_code = 1
 
 
 def load_manifest(index: Index, reader: PackReader, manifest_id: bytes) -> Manifest:

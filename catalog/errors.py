@@ -86,12 +86,6 @@ class ChunkCorrupt(Error):
     exit_code = 1
 
 
-class SnapshotNotFound(Error):
-    template = "no snapshot matches {ref!r}"
-    hint = "list them with: toolkit snapshots"
-    code = "snapshot_not_found"
-
-
 class SnapshotDocumentCorrupt(Error):
     template = "snapshot document {path} is damaged: {detail}"
     hint = "run: toolkit verify"

@@ -30,6 +30,9 @@ python3 -m ruff check .
 python3 -m ruff format --check .
 python3 -m mypy catalog toolkit
 
+# Build vcsim once (cached) so no lab test waits for the compiler.
+python3 -c 'from toolkit.lab.vcsim import build_vcsim; print("vcsim:", build_vcsim())'
+
 set +e
 python3 -m pytest "$@"
 rc=$?

@@ -13,6 +13,8 @@ from click.testing import CliRunner, Result
 
 from toolkit.cli import cli
 
+pytest_plugins = ["tests.lab.fixtures_peers"]
+
 
 
 @pytest.fixture(autouse=True)

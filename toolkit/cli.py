@@ -64,7 +64,19 @@ class Ctx:
             click.echo(text)
 
 
-pass_ctx = click.make_pass_decorator(Ctx)
+_pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(Ctx).json = True
+
+
+def pass_ctx(f: Any) -> Any:
+    """Pass the Ctx, and accept --json after the command name too."""
+    return click.option(
+        "--json", "json_after", is_flag=True, expose_value=False, callback=_set_json, help="Print one JSON document."
+    )(_pass_ctx(f))
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:

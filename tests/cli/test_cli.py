@@ -201,3 +201,19 @@ def test_a_garbage_vmdk_fails_that_volume_only(toolkit: Toolkit, datastore) -> N
     assert states["ds1/cloudvolumes/apps/Broken.vmdk"][0] == "failed"
     assert "not a VMDK descriptor" in states["ds1/cloudvolumes/apps/Broken.vmdk"][1]
     assert states[f"ds1/{APP}"][0] == "new"
+
+
+def test_a_busy_repository_exits_3_naming_the_holder(toolkit: Toolkit, datastore) -> None:
+    from catalog.lock import writer_lock
+
+    root, _ = datastore
+    toolkit("init")
+    with writer_lock(toolkit.repo, "prune"):
+        proc = run_toolkit("--repo", str(toolkit.repo), "snapshot", str(root))
+    _one_line_error(proc, 3)
+    assert f"pid {__import__('os').getpid()}" in proc.stderr
+    assert "toolkit unlock" in proc.stderr
+    # Readers are not blocked by a writer.
+    with writer_lock(toolkit.repo, "snapshot"):
+        assert toolkit("verify").exit_code == 0
+        assert toolkit("snapshots").exit_code == 0

@@ -493,9 +493,7 @@ def _is_ntfs(flat: Path) -> bool:
 # --- fallback mode ----------------------------------------------------------------------------------
 
 
-def _make_fallback(
-    descriptor: Path, name: str, size_mib: int, payload: Sequence[_Payload], seed: int
-) -> Path:
+def _make_fallback(descriptor: Path, name: str, size_mib: int, payload: Sequence[_Payload], seed: int) -> Path:
     """Fallback (no tools): a valid monolithicFlat pair whose flat file is NTFS-like, not NTFS."""
     rng = random.Random(f"fallback:{seed}")
     flat = descriptor.with_name(_base_of(descriptor) + "-flat.vmdk")
