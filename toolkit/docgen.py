@@ -61,7 +61,8 @@ def cli_markdown() -> str:
     out += ["## toolkit", "", "```", cli.get_help(ctx), "```", ""]
     for name in sorted(cli.list_commands(ctx)):
         cmd = cli.get_command(ctx, name)
-        assert cmd is not None
+        if cmd is None:
+            continue
         sub = click.Context(
             cmd, info_name=name, parent=ctx, terminal_width=100, max_content_width=100, **cli.context_settings
         )
