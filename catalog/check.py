@@ -6,18 +6,19 @@ Levels:
   readable, every chunk it names is indexed, and the per-chunk SHA-256 values put
   together in manifest order give the digest recorded at capture.
 - ``data`` (``read_data``): additionally every selected pack is read end to end:
-  its SHA-256 must equal its name, every record must decode to bytes whose
+  its xxh3-128 must equal its name, every record must decode to bytes whose
   xxh3-128 is the chunk id, and the trailer index must match the catalog.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+import xxhash
 
 from catalog import pack
 from catalog.assemble import digest_from_catalog, load_manifest
@@ -114,7 +115,7 @@ def _read_pack(
         res.pack_problem = "pack file is missing"
         res.bad_chunks = {cid.hex(): "its pack is missing" for cid in expected}
         return res
-    sha = hashlib.sha256()
+    whole = xxhash.xxh3_128()
     by_offset = sorted(expected.items(), key=lambda kv: kv[1][1])
     pos = 0
     try:
@@ -127,7 +128,7 @@ def _read_pack(
                 part = os.pread(fd, min(READ_BLOCK, end - pos), pos)
                 if not part:
                     break
-                sha.update(part)
+                whole.update(part)
                 parts.append(part)
                 pos += len(part)
             res.bytes_read += sum(len(p) for p in parts)
@@ -163,8 +164,8 @@ def _read_pack(
         read_to(size)
     finally:
         os.close(fd)
-    if res.pack_problem is None and sha.hexdigest() != pack_id:
-        res.pack_problem = "pack content does not match its name (SHA-256)"
+    if res.pack_problem is None and whole.hexdigest() != pack_id:
+        res.pack_problem = "pack content does not match its name (xxh3-128)"
     return res
 
 

@@ -12,7 +12,7 @@ A pack is a header, a run of self-describing records and a trailer index::
     footer   24 B   index_offset u64, count u32, reserved u32, magic "ASTKEND1"
 
 All integers are little-endian. ``offset`` is where the record's stored bytes
-begin. The pack's name is the SHA-256 of the whole file. See docs/format.md.
+begin. The pack's name is the xxh3-128 (hex) of the whole file. See docs/format.md.
 """
 
 from __future__ import annotations

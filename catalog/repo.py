@@ -3,7 +3,7 @@
 Layout (see docs/format.md)::
 
     config                    JSON, written once at init
-    packs/<ab>/<pack_id>      immutable packs named by their SHA-256
+    packs/<ab>/<pack_id>      immutable packs named by their xxh3-128
     snapshots/<id>.json       one immutable document per committed snapshot (id = its SHA-256)
     locks/writer              the writer lock
     tmp/                      packs and documents being written

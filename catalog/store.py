@@ -1,13 +1,12 @@
 """ChunkStore pieces: compression, pack writing and chunk reading. No SQL here.
 
 Packs are written to ``tmp/`` under a temporary name, fsynced, then renamed to
-``packs/<ab>/<sha256>``; a sealed pack is never modified.
+``packs/<ab>/<xxh3-128 of the pack>``; a sealed pack is never modified.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import threading
 import uuid
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+import xxhash
 import zstandard
 
 from catalog import pack
@@ -109,7 +109,7 @@ class PackWriter:
         self._file: object | None = None
         self._fd = -1
         self._tmp: Path | None = None
-        self._sha = hashlib.sha256()
+        self._hash = xxhash.xxh3_128()
         self._entries: list[PackEntry] = []
         self._size = 0
         self.sealed_bytes = 0
@@ -118,7 +118,7 @@ class PackWriter:
         tmp_dir = self.root / "tmp"
         self._tmp = tmp_dir / f"pack-{uuid.uuid4().hex}.tmp"
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._sha = hashlib.sha256()
+        self._hash = xxhash.xxh3_128()
         self._entries = []
         self._size = 0
         self._write(pack.encode_header())
@@ -135,7 +135,7 @@ class PackWriter:
             if _is_disk_full(exc):
                 raise StoreFull(path=path) from exc
             raise
-        self._sha.update(data)
+        self._hash.update(data)
         self._size += len(data)
 
     @property
@@ -167,7 +167,7 @@ class PackWriter:
             raise
         os.close(self._fd)
         self._fd = -1
-        pack_id = PackId(self._sha.hexdigest())
+        pack_id = PackId(self._hash.hexdigest())
         final = pack_path(self.root, pack_id)
         final.parent.mkdir(mode=0o700, exist_ok=True)
         self._tmp.replace(final)

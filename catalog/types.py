@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Final, NewType
 
 ChunkId = NewType("ChunkId", bytes)  # 16 bytes: xxh3-128 of the raw chunk bytes
-PackId = NewType("PackId", str)  # 64 lowercase hex digits: SHA-256 of the whole pack file
+PackId = NewType("PackId", str)  # 32 lowercase hex digits: xxh3-128 of the whole pack file
 
 CHUNK_ID_BYTES: Final = 16
 HOLE_ID: Final = ChunkId(bytes(CHUNK_ID_BYTES))  # manifest entry of an all-zero chunk; never stored

@@ -1,10 +1,10 @@
-import hashlib
 import json
 import os
 import socket
 from pathlib import Path
 
 import pytest
+import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -96,12 +96,13 @@ def test_incompressible_chunks_are_stored_raw(repo: Repository) -> None:
     assert codecs == {CODEC_RAW, CODEC_ZSTD}
 
 
-def test_packs_are_named_by_their_sha256_and_sealed(repo: Repository) -> None:
+def test_packs_are_named_by_their_hash_and_sealed(repo: Repository) -> None:
     _ingest(repo, os.urandom(600_000))
     packs = list(repo.iter_pack_files())
     assert len(packs) >= 2
     for pack_id, path in packs:
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == pack_id
+        assert xxhash.xxh3_128_hexdigest(path.read_bytes()) == pack_id
+        assert path.parent.name == pack_id[:2]
     assert not list((repo.root / "tmp").iterdir())
 
 
