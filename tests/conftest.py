@@ -16,7 +16,6 @@ from toolkit.cli import cli
 pytest_plugins = ["tests.lab.fixtures_peers"]
 
 
-
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for key in list(os.environ):
