@@ -470,6 +470,37 @@ def unlock(c: Ctx, force: bool) -> None:
         )
 
 
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path), default="toolkit-demo")
+@click.option(
+    "--flavour",
+    type=click.Choice(["2.x", "4.x"]),
+    default="2.x",
+    show_default=True,
+    help="Manager version to simulate.",
+)
+@pass_ctx
+def demo(c: Ctx, directory: Path, flavour: str) -> None:
+    """Run the whole story on an embedded lab in DIRECTORY (default ./toolkit-demo).
+
+    Creates two datastores in a storage group and an App Volumes Manager
+    simulator, then: snapshot, an AppStack update, an accidental deletion that
+    replication copies to the replica, verify --read-data, and a restore of the
+    deleted AppStack onto its datastore registered with the manager again.
+    Safe to re-run: it replaces a directory it made before.
+
+    \b
+    Example:
+      toolkit demo
+      toolkit demo /tmp/demo --flavour 4.x
+    """
+    from toolkit.lab.demo import run_demo
+
+    run_demo(directory.resolve(), lambda text: click.echo(text, err=c.json), flavour=flavour)
+    if c.json:
+        click.echo(json.dumps({"ok": True, "directory": str(directory.resolve())}))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and turn errors into one line and an exit code."""
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])

@@ -82,7 +82,11 @@ def plan_restore(
     for v in index.versions_as_of(as_of):
         if datastores and v.datastore not in datastores:
             continue
-        if patterns and not any(fnmatch.fnmatchcase(x, p) for p in patterns for x in (v.name, v.path, v.volume_key)):
+        if patterns and not any(
+            fnmatch.fnmatchcase(x, p)
+            for p in patterns
+            for x in (v.name, v.path, v.path.rsplit("/", 1)[-1], v.volume_key)
+        ):
             continue
         if v.state == "deleted":
             notes.append(f"{v.volume_key}: deleted before that time (snapshot {v.snapshot_id[:12]})")
