@@ -496,7 +496,9 @@ def demo(c: Ctx, directory: Path, flavour: str) -> None:
     """
     from toolkit.lab.demo import run_demo
 
-    run_demo(directory.resolve(), lambda text: click.echo(text, err=c.json), flavour=flavour)
+    run_demo(
+        directory.resolve(), lambda text: click.echo(text, err=c.json), flavour="4.x" if flavour == "4.x" else "2.x"
+    )
     if c.json:
         click.echo(json.dumps({"ok": True, "directory": str(directory.resolve())}))
 

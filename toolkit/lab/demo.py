@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 from catalog.check import verify
 from catalog.errors import Error
@@ -68,7 +68,7 @@ def _summary(report: SnapshotReport) -> str:
     )
 
 
-def run_demo(workdir: Path, say: Say, *, flavour: str = "2.x") -> None:
+def run_demo(workdir: Path, say: Say, *, flavour: Literal["2.x", "4.x"] = "2.x") -> None:
     started = time.monotonic()
     prepare(workdir)
     lab = workdir / "lab"
@@ -98,23 +98,20 @@ def run_demo(workdir: Path, say: Say, *, flavour: str = "2.x") -> None:
         avm.wait_jobs(30)
         rep = sim.replicate_now()
         names = sorted(v.name for v in avm.volumes())
-        say(
-            f"   manager lists {len(names)} volume(s): {', '.join(names)}; replication copied {len(rep.copied)} file(s) to ds2"
-        )
+        say(f"   manager lists {len(names)} volume(s): {', '.join(names)}")
+        say(f"   replication copied {len(rep.copied)} volume(s) to ds2")
 
         repo_dir = workdir / "repo"
-        say(
-            f"\n2. Nightly snapshot of both datastores\n   $ toolkit --repo {repo_dir} init && toolkit --repo {repo_dir} snapshot {ds1} {ds2}"
-        )
+        say("\n2. Nightly snapshot of both datastores")
+        say(f"   $ toolkit --repo {repo_dir} init && toolkit --repo {repo_dir} snapshot {ds1} {ds2}")
         repo = Repository.init(repo_dir)
         sources = [Source("ds1", LocalTransport(ds1)), Source("ds2", LocalTransport(ds2))]
         try:
             with repo.writing("snapshot"):
                 say("   " + _summary(snapshot(repo, sources)))
 
-            say(
-                f"\n3. An AppStack update changes {apps[0].descriptor.name} in place; the next snapshot stores only new blocks"
-            )
+            say(f"\n3. An AppStack update changes {apps[0].descriptor.name} in place")
+            say("   the next snapshot stores only its new blocks")
             modify_volume(apps[0], seed=11, fraction=0.05)
             with repo.writing("snapshot"):
                 say("   " + _summary(snapshot(repo, sources)))
@@ -151,9 +148,8 @@ def run_demo(workdir: Path, say: Say, *, flavour: str = "2.x") -> None:
             )
             result = restore(repo, before_deletion, LocalTransport(ds1), patterns=[victim_name], datastores=["ds1"])
             for v in result.volumes:
-                say(
-                    f"   {v['status']}: {v['key']} ({human_bytes(v.get('size', 0))}, captured {v.get('captured_at', '')[:19]})"
-                )
+                size, captured = human_bytes(v.get("size", 0)), v.get("captured_at", "")[:19]
+                say(f"   {v['status']}: {v['key']} ({size}, captured {captured})")
             if not result.ok:
                 raise DemoFailed(detail="restore failed")
         finally:
