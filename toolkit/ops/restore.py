@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -12,12 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from catalog.assemble import load_manifest, restore_file
-from catalog.chunker import file_digest_of
+from catalog.chunker import FileDigest, iter_offsets
 from catalog.errors import Error
 from catalog.index import FileRow, VersionRow
 from catalog.repo import Repository
 from toolkit.errors import BadTime, DestinationExists, NothingToRestore, SnapshotAmbiguous
-from toolkit.transports.local import LocalTransport, safe_relpath
+from toolkit.transports.base import Transport
+from toolkit.transports.local import safe_relpath
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,7 @@ class PathClash(Error):
 def restore(
     repo: Repository,
     as_of: str,
-    dest: LocalTransport,
+    dest: Transport,
     *,
     patterns: list[str] | None = None,
     datastores: list[str] | None = None,
@@ -165,12 +167,12 @@ def restore(
                     safe_relpath(f.path)
                     existing = dest.stat(f.path)
                     if existing is not None:
-                        if existing.size == f.size and _digest_of(dest, f.path, chunk_size) == f.digest:
+                        if existing.size == f.size and _digest_of(dest, f.path, f.size, chunk_size) == f.digest:
                             in_place += 1
                             emit("bytes", {"n": f.size})
                             continue
                         if not overwrite:
-                            raise DestinationExists(path=dest.root / f.path)
+                            raise DestinationExists(path=f"{dest.describe()}/{f.path}")
                     dest.clean_partials(f.path)
                     manifest = load_manifest(repo.index, repo.reader, f.manifest_id)
                     with dest.open_write(f.path, f.size, f.mtime_ns) as write_at:
@@ -201,6 +203,10 @@ class RestoredDigestMismatch(Error):
     exit_code = 1
 
 
-def _digest_of(dest: LocalTransport, path: str, chunk_size: int) -> str:
-    with (dest.root / path).open("rb") as f:
-        return file_digest_of(f, chunk_size)
+def _digest_of(dest: Transport, path: str, size: int, chunk_size: int) -> str:
+    """The file digest of what is at ``path`` on the destination, read back through the transport."""
+    digest = FileDigest()
+    with dest.open_read(path) as read_at:
+        for offset, length in iter_offsets(size, chunk_size):
+            digest.add_block_sha256(hashlib.sha256(read_at(offset, length)).digest())
+    return digest.hexdigest()

@@ -1,4 +1,22 @@
-"""The Transport protocol every datastore access method satisfies."""
+"""The Transport protocol every datastore access method satisfies.
+
+Contract (every transport passes the same conformance suite):
+
+- Paths are datastore-relative, "/"-separated, and never contain ".." or a
+  leading "/" (``toolkit.transports.local.safe_relpath`` checks them).
+- ``open_read`` yields ``read_at(offset, size)``; it may be called from several
+  threads at once, usually with increasing offsets (a snapshot reads a file
+  front to back with a few chunks in flight). It returns fewer bytes only at
+  end of file.
+- ``open_write`` yields ``write_at(offset, data)``, called from one thread with
+  strictly increasing offsets. Gaps between writes are holes (zeros): a
+  transport that can seek leaves them sparse, one that streams fills them.
+  The file becomes visible under its final name only if the block ends
+  without an exception (a temporary name, then a rename); on an exception
+  nothing is left behind. The final size is ``size`` and the mtime ``mtime_ns``.
+- ``clean_partials`` removes temporary files an interrupted write left beside
+  ``path``.
+"""
 
 from __future__ import annotations
 
@@ -34,3 +52,5 @@ class Transport(Protocol):
     def open_write(self, path: str, size: int, mtime_ns: int) -> contextlib.AbstractContextManager[WriteAt]:
         """Write a file that becomes visible under ``path`` only when the block ends without error."""
         ...
+
+    def clean_partials(self, path: str) -> None: ...
