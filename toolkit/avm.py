@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from catalog.errors import Error
 
@@ -26,6 +27,24 @@ class AvmUnreachable(Error):
     template = "App Volumes Manager at {url} cannot be reached: {detail}"
     hint = "check the URL, the network path and the manager's service"
     code = "avm_unreachable"
+
+
+class AvmTlsRefused(Error):
+    template = "the certificate of App Volumes Manager at {url} is not trusted: {detail}"
+    hint = (
+        "give the manager's CA with ca_bundle, or pin its certificate with thumbprint_sha256 "
+        "(see docs/configuration.md); verification is never turned off silently"
+    )
+    code = "avm_tls_refused"
+
+
+def _tls_detail(exc: Exception) -> str:
+    text = str(exc)
+    if "Fingerprints did not match" in text or "fingerprint" in text.lower():
+        return "its SHA-256 thumbprint differs from the pinned one"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return "verification failed (self-signed or unknown CA)"
+    return "TLS handshake failed"
 
 
 class AvmLoginFailed(Error):
@@ -67,7 +86,50 @@ class AvmVolume:
     datastore: str
     path: str  # folder on the datastore
     filename: str
+    attached: bool = False
+    assignments: tuple[dict[str, Any], ...] = ()
     record: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def relpath(self) -> str:
+        """Datastore-relative path of the descriptor."""
+        return f"{self.path.strip('/')}/{self.filename}" if self.path.strip("/") else self.filename
+
+    def to_json(self) -> dict[str, Any]:
+        """What a snapshot stores about the volume: the manager's record as it was."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "name": self.name,
+            "guid": self.guid,
+            "status": self.status,
+            "datastore": self.datastore,
+            "path": self.relpath,
+            "attached": self.attached,
+            "assignments": list(self.assignments),
+            "record": self.record,
+        }
+
+
+class PinnedCertificate(HTTPAdapter):
+    """Trust exactly one certificate, by the SHA-256 of its DER bytes, instead of a CA chain."""
+
+    def __init__(self, thumbprint_sha256: str) -> None:
+        self.fingerprint = thumbprint_sha256.replace(":", "").lower()
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["assert_fingerprint"] = self.fingerprint
+        super().init_poolmanager(*args, **kwargs)
+
+
+def pin_certificate(session: requests.Session, url: str, thumbprint_sha256: str) -> None:
+    """Make ``session`` accept only the pinned certificate for ``url``.
+
+    Requests to ``url`` must then pass ``verify=False``: the chain is not checked,
+    the certificate's SHA-256 is (urllib3 refuses any other certificate).
+    """
+    session.mount(url.rstrip("/") + "/", PinnedCertificate(thumbprint_sha256))
 
 
 class AvmClient:
@@ -78,6 +140,7 @@ class AvmClient:
         password: str,
         *,
         verify: bool | str = True,
+        thumbprint_sha256: str | None = None,
         session: requests.Session | None = None,
         timeout_s: float = TIMEOUT_S,
     ) -> None:
@@ -85,7 +148,11 @@ class AvmClient:
         self.username = username
         self._password = password
         self.session = session or requests.Session()
-        self.session.verify = verify
+        # Passed on every request: a Session-level setting loses to REQUESTS_CA_BUNDLE in requests.
+        self.verify: bool | str = verify
+        if thumbprint_sha256:
+            pin_certificate(self.session, self.url, thumbprint_sha256)
+            self.verify = False
         self.timeout_s = timeout_s
         self._version: AvmVersion | None = None
         self._logged_in = False
@@ -96,14 +163,16 @@ class AvmClient:
         if auth and not self._logged_in:
             self.login()
         try:
-            r = self.session.request(method, self.url + path, timeout=self.timeout_s, **kw)
+            r = self.session.request(method, self.url + path, timeout=self.timeout_s, verify=self.verify, **kw)
+        except requests.exceptions.SSLError as exc:
+            raise AvmTlsRefused(url=self.url, detail=_tls_detail(exc)) from exc
         except requests.RequestException as exc:
             raise AvmUnreachable(url=self.url, detail=type(exc).__name__) from exc
         if auth and r.status_code in (401, 403):
             self._logged_in = False  # expired session: log in once more
             self.login()
             try:
-                r = self.session.request(method, self.url + path, timeout=self.timeout_s, **kw)
+                r = self.session.request(method, self.url + path, timeout=self.timeout_s, verify=self.verify, **kw)
             except requests.RequestException as exc:
                 raise AvmUnreachable(url=self.url, detail=type(exc).__name__) from exc
         if r.status_code >= 400:
@@ -139,7 +208,10 @@ class AvmClient:
                 self.url + path,
                 json={"username": self.username, "password": self._password},
                 timeout=self.timeout_s,
+                verify=self.verify,
             )
+        except requests.exceptions.SSLError as exc:
+            raise AvmTlsRefused(url=self.url, detail=_tls_detail(exc)) from exc
         except requests.RequestException as exc:
             raise AvmUnreachable(url=self.url, detail=type(exc).__name__) from exc
         ok = r.status_code < 400
@@ -179,6 +251,67 @@ class AvmClient:
             files = self._json("GET", f"/cv_api/appstacks/{row['id']}/files")
             out.append(_volume("appstack", {**row, **detail}, files if isinstance(files, list) else []))
         return out
+
+    def writables(self) -> list[AvmVolume]:
+        """Every writable volume, with whether a desktop has it attached."""
+        if self.version().flavour == "4.x":
+            rows = _unwrap_data(self._json("GET", "/app_volumes/writables"), "/app_volumes/writables")
+        else:
+            body = self._json("GET", "/cv_api/writables")
+            rows = body.get("datastores", {}).get("writable_volumes", []) if isinstance(body, dict) else []
+        out = []
+        for row in rows:
+            vol = _volume("writable", row, [])
+            attached = str(row.get("attached", "")).lower() == "attached" or int(row.get("mount_count") or 0) > 0
+            out.append(
+                AvmVolume(
+                    vol.id,
+                    "writable",
+                    vol.name,
+                    vol.guid,
+                    vol.status,
+                    vol.datastore,
+                    vol.path,
+                    vol.filename,
+                    attached,
+                    (),
+                    row,
+                )
+            )
+        return out
+
+    def assignments(self, volume: AvmVolume) -> tuple[dict[str, Any], ...]:
+        """The assignments of an AppStack (2.x) or of a package's application (4.x)."""
+        if volume.kind == "appstack":
+            body = self._json("GET", f"/cv_api/appstacks/{volume.id}/assignments")
+            rows = body if isinstance(body, list) else []
+        elif volume.kind == "package" and volume.record.get("app_product_id"):
+            body = self._json("GET", f"/app_volumes/app_products/{volume.record['app_product_id']}/assignments")
+            rows = body.get("data", []) if isinstance(body, dict) else []
+        else:
+            rows = []
+        return tuple(r for r in rows if isinstance(r, dict))
+
+    def inventory(self) -> list[AvmVolume]:
+        """Every AppStack/package (with its assignments) and every writable the manager knows."""
+        out = []
+        for v in self.volumes():
+            out.append(
+                AvmVolume(
+                    v.id,
+                    v.kind,
+                    v.name,
+                    v.guid,
+                    v.status,
+                    v.datastore,
+                    v.path,
+                    v.filename,
+                    v.attached,
+                    self.assignments(v),
+                    v.record,
+                )
+            )
+        return out + self.writables()
 
     def import_folder(self, datastore: str, path: str, datacenter: str = "") -> None:
         """Ask the manager to import every volume in a datastore folder (runs as jobs)."""

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,14 @@ from catalog.errors import Error
 from catalog.lock import break_lock
 from catalog.repo import Repository
 from toolkit import __version__
+from toolkit.config import TEMPLATE, Config, default_config_path, load_config
 from toolkit.errors import SourceNotDirectory, SourceNotFound
 from toolkit.ops.restore import parse_as_of
 from toolkit.ops.restore import restore as restore_job
 from toolkit.ops.snapshot import Source
 from toolkit.ops.snapshot import snapshot as snapshot_job
 from toolkit.progress import Progress, human_bytes
+from toolkit.sites import configured_sources
 from toolkit.transports.local import LocalTransport
 
 
@@ -40,8 +42,21 @@ class Ctx:
     repo_path: Path | None
     json: bool
     quiet: bool
+    config_path: Path | None = None
+    config_explicit: bool = False
+    _config: Config | None = None
+
+    def config(self, *, required: bool = True) -> Config | None:
+        if self._config is None:
+            path = self.config_path or default_config_path()
+            self._config = load_config(path, required=required or self.config_explicit)
+        return self._config
 
     def repo(self) -> Path:
+        if self.repo_path is None:
+            config = self.config(required=False)
+            if config is not None and config.repository is not None:
+                self.repo_path = config.repository
         if self.repo_path is None:
             raise RepoMissing()
         return self.repo_path
@@ -94,12 +109,21 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     envvar="TOOLKIT_REPO",
     help="Repository directory (or TOOLKIT_REPO).",
 )
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    envvar="TOOLKIT_CONFIG",
+    help="Configuration file (or TOOLKIT_CONFIG; default ~/.config/appstack-toolkit/config.toml).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of a table.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or log lines on stderr.")
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
 @click.version_option(__version__, prog_name="toolkit")
 @click.pass_context
-def cli(ctx: click.Context, repo: Path | None, as_json: bool, quiet: bool, verbose: int) -> None:
+def cli(
+    ctx: click.Context, repo: Path | None, config_path: Path | None, as_json: bool, quiet: bool, verbose: int
+) -> None:
     """Restore-first backup, verification and recovery for App Volumes volumes.
 
     \b
@@ -111,7 +135,7 @@ def cli(ctx: click.Context, repo: Path | None, as_json: bool, quiet: bool, verbo
     """
     level = logging.WARNING - 10 * verbose if not quiet else logging.ERROR
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(message)s", stream=sys.stderr)
-    ctx.obj = Ctx(repo, as_json, quiet)
+    ctx.obj = Ctx(repo, as_json, quiet, config_path, config_path is not None)
 
 
 @cli.command()
@@ -144,6 +168,25 @@ def parse_size(text: str) -> int:
         raise click.BadParameter(f"{text!r} is not a size such as 1M or 256K") from None
 
 
+def resolve_sources(c: Ctx, names: list[str], stack: contextlib.ExitStack, warn: Callable[[str], None]) -> list[Source]:
+    """Directories become local sources; other names (or none) come from the configuration."""
+    local = [n for n in names if "=" in n or Path(n).expanduser().exists() or "/" in n]
+    named = [n for n in names if n not in local]
+    sources = [parse_source(n) for n in local]
+    if named or not names:
+        config = c.config()
+        if config is None or not config.sites:
+            raise NoSources()
+        sources += configured_sources(config, named, stack, warn)
+    return sources
+
+
+class NoSources(Error):
+    template = "nothing to snapshot: no SOURCE given and no site configured"
+    hint = "give a datastore directory, or configure sites (toolkit config init)"
+    code = "no_sources"
+
+
 def parse_source(spec: str) -> Source:
     name, sep, path = spec.partition("=")
     if not sep:
@@ -157,25 +200,32 @@ def parse_source(spec: str) -> Source:
 
 
 @cli.command()
-@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.argument("sources", nargs=-1, metavar="[SOURCE]...")
 @click.option("--rehash", is_flag=True, help="Read files even when size and mtime are unchanged.")
 @pass_ctx
 def snapshot(c: Ctx, sources: tuple[str, ...], rehash: bool) -> None:
-    """Capture every volume found on the given datastores.
+    """Capture every volume of the configured sites, or of the given sources.
 
-    SOURCE is a directory laid out like a datastore (an NFS mount or a copy);
-    volumes are recorded under the directory's name, or NAME=DIR names it.
+    With no SOURCE, every site in the configuration file is captured: the
+    volumes its App Volumes Manager knows (with the manager's record of each)
+    and any other VMDK on its datastores (flagged unmanaged). A SOURCE is a
+    configured site or datastore name, or a directory laid out like a
+    datastore (recorded under the directory's name, or NAME=DIR).
     Unchanged files (same size and mtime) are recorded without being read.
 
     \b
     Example:
+      toolkit snapshot
       toolkit --repo /backup/appstacks snapshot /mnt/datastore1
       toolkit --repo /backup/appstacks snapshot ds-gold=/mnt/nfs/gold
     """
-    srcs = [parse_source(s) for s in sources]
     progress = c.progress()
-    with c.open(readonly=False) as repo, repo.writing("snapshot"):
-        report = snapshot_job(repo, srcs, rehash=rehash, event=progress)
+    warnings: list[str] = []
+    with contextlib.ExitStack() as stack:
+        srcs = resolve_sources(c, list(sources), stack, warnings.append)
+        with c.open(readonly=False) as repo, repo.writing("snapshot"):
+            report = snapshot_job(repo, srcs, rehash=rehash, event=progress)
+    report.warnings[:0] = warnings
     progress.finish()
     counts = {s: report.count(s) for s in ("new", "changed", "unchanged", "deleted", "failed", "skipped")}
     st = report.stats
@@ -188,6 +238,8 @@ def snapshot(c: Ctx, sources: tuple[str, ...], rehash: bool) -> None:
     for v in report.volumes:
         if v["state"] in ("failed", "skipped"):
             text += f"\n{v['state']}: {v['key']}: {v['reason']}"
+    for w in report.warnings:
+        text += f"\nwarning: {w}"
     c.emit(report.to_json(), text)
     if not report.ok:
         sys.exit(1)
@@ -501,6 +553,39 @@ def demo(c: Ctx, directory: Path, flavour: str) -> None:
     )
     if c.json:
         click.echo(json.dumps({"ok": True, "directory": str(directory.resolve())}))
+
+
+@cli.group()
+def config() -> None:
+    """Write and show the configuration file."""
+
+
+@config.command("init")
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+@pass_ctx
+def config_init(c: Ctx, path: Path | None, force: bool) -> None:
+    """Write a commented configuration template (mode 0600).
+
+    \b
+    Example:
+      toolkit config init
+      toolkit config init /etc/appstack-toolkit/config.toml
+    """
+    target = path or c.config_path or default_config_path()
+    if target.exists() and not force:
+        raise ConfigExists(path=target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(TEMPLATE)
+    c.emit({"written": str(target)}, f"wrote {target}; edit it, then run: toolkit snapshot")
+
+
+class ConfigExists(Error):
+    template = "{path} already exists"
+    hint = "edit it, or pass --force to replace it with the template"
+    code = "config_exists"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -59,14 +59,20 @@ def cli_markdown() -> str:
     out = ["# Command reference", "", "Generated from `--help` by `python -m toolkit.docgen`; do not edit by hand.", ""]
     ctx = click.Context(cli, info_name="toolkit", terminal_width=100, max_content_width=100, **cli.context_settings)
     out += ["## toolkit", "", "```", cli.get_help(ctx), "```", ""]
-    for name in sorted(cli.list_commands(ctx)):
-        cmd = cli.get_command(ctx, name)
-        if cmd is None:
-            continue
-        sub = click.Context(
-            cmd, info_name=name, parent=ctx, terminal_width=100, max_content_width=100, **cli.context_settings
-        )
-        out += [f"## toolkit {name}", "", "```", cmd.get_help(sub), "```", ""]
+
+    def walk(group: click.Group, parent: click.Context, prefix: str) -> None:
+        for name in sorted(group.list_commands(parent)):
+            cmd = group.get_command(parent, name)
+            if cmd is None:
+                continue
+            sub = click.Context(
+                cmd, info_name=name, parent=parent, terminal_width=100, max_content_width=100, **cli.context_settings
+            )
+            out.extend([f"## {prefix} {name}", "", "```", cmd.get_help(sub), "```", ""])
+            if isinstance(cmd, click.Group):
+                walk(cmd, sub, f"{prefix} {name}")
+
+    walk(cli, ctx, "toolkit")
     return "\n".join(out)
 
 

@@ -31,10 +31,18 @@ def test_every_error_has_a_template_a_unique_code_and_an_allowed_exit_code() -> 
 
 
 def test_every_command_has_an_example() -> None:
+    import click
+
     from toolkit.cli import cli
 
-    for name, cmd in cli.commands.items():
-        assert cmd.help and "Example:" in cmd.help, name
+    def walk(group: click.Group) -> None:
+        for name, cmd in group.commands.items():
+            if isinstance(cmd, click.Group):
+                walk(cmd)
+            else:
+                assert cmd.help and "Example:" in cmd.help, name
+
+    walk(cli)
 
 
 def test_the_format_docs_digest_snippet_matches_the_code(tmp_path: Path) -> None:

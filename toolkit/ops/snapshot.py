@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from catalog.index import VersionRow
 from catalog.ingest import Ingester, IngestStats
 from catalog.repo import Repository, now_iso
 from catalog.store import Compressor, PackWriter
+from toolkit.avm import AvmVolume
 from toolkit.layout import FoundVolume, find_volumes
 from toolkit.transports.base import Transport
 
@@ -22,10 +24,36 @@ log = logging.getLogger(__name__)
 Event = Callable[[str, dict[str, Any]], None]
 
 
+PROVISIONING_STATUSES = frozenset({"provisioning", "creating", "unprovisioned", "reserved", "canceled"})
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     datastore: str  # the name volumes are recorded under
     transport: Transport
+    site: str = ""
+    # What the site's App Volumes Manager lists on this datastore, by descriptor path;
+    # None when no manager is configured (then nothing is flagged unmanaged).
+    managed: Mapping[str, AvmVolume] | None = None
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    writables: str = "skip"  # skip | copy
+
+    def wants(self, vol: FoundVolume) -> bool:
+        names = (vol.name, vol.path, vol.key, vol.path.rsplit("/", 1)[-1])
+        hit = any(fnmatch.fnmatchcase(n, p) for p in self.include for n in names)
+        return hit and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude for n in names)
+
+
+def skip_reason(vol: FoundVolume, record: AvmVolume | None, policy: str) -> str | None:
+    """Why a volume must not be read now (it is retried at the next snapshot), or None."""
+    if record is None:
+        return None
+    if record.status.lower() in PROVISIONING_STATUSES:
+        return f"the manager reports it {record.status}; retried at the next snapshot"
+    if record.kind == "writable" and record.attached and policy == "skip":
+        return "writable volume attached to a desktop (policy writables = skip)"
+    return None
 
 
 @dataclass(slots=True)
@@ -36,13 +64,14 @@ class SnapshotReport:
     stats: IngestStats = field(default_factory=IngestStats)
     duration_s: float = 0.0
     pack_bytes_added: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def count(self, state: str) -> int:
         return sum(1 for v in self.volumes if v["state"] == state)
 
     @property
     def ok(self) -> bool:
-        return not any(v["state"] in ("failed", "skipped") for v in self.volumes)
+        return not self.warnings and not any(v["state"] in ("failed", "skipped") for v in self.volumes)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,6 +79,7 @@ class SnapshotReport:
             "snapshot": self.snapshot_id,
             "created_at": self.created_at,
             "duration_s": round(self.duration_s, 3),
+            "warnings": self.warnings,
             "volumes": [
                 {k: v[k] for k in ("key", "name", "kind", "state", "reason")}
                 | {"size": sum(f["size"] for f in v["files"])}
@@ -136,17 +166,45 @@ def snapshot(
     try:
         for source in sources:
             latest = index.latest_versions(source.datastore)
-            found = find_volumes(source.datastore, source.transport)
+            try:
+                found = [v for v in find_volumes(source.datastore, source.transport) if source.wants(v)]
+            except (Error, OSError) as exc:
+                # Not reachable: record nothing for it, so its volumes are not taken for deleted.
+                detail = str(exc) if isinstance(exc, Error) else (exc.strerror or type(exc).__name__)
+                report.warnings.append(f"datastore {source.datastore} could not be listed: {detail}")
+                emit("message", {"text": report.warnings[-1]})
+                continue
+            if not found and any(v.state != "deleted" for v in latest.values()):
+                # Everything gone at once is far more often an unmounted or emptied path than a real
+                # deletion; recording it would make every volume look deleted.
+                report.warnings.append(
+                    f"datastore {source.datastore} could not be listed: it is empty now but held "
+                    f"{sum(v.state != 'deleted' for v in latest.values())} volume(s); is it mounted?"
+                )
+                emit("message", {"text": report.warnings[-1]})
+                continue
             emit("datastore", {"datastore": source.datastore, "volumes": len(found)})
             seen = set()
+            unmatched = dict(source.managed or {})
             for vol in found:
                 seen.add(vol.key)
                 previous = latest.get(vol.key)
                 if previous is not None and previous.state == "deleted":
                     previous = None
-                entry = _volume_entry(vol)
+                entry = _volume_entry(vol, source)
+                record = unmatched.pop(vol.path, None)
+                if record is not None:
+                    entry.update(avm=record.to_json(), name=record.name or vol.name, managed=True)
+                    if record.kind == "writable" and record.attached and source.writables == "copy":
+                        entry["consistency"] = "crash-inconsistent: attached while copied"
                 if vol.error:
                     entry.update(state="failed", reason=vol.error)
+                    report.volumes.append(entry)
+                    emit("volume", entry)
+                    continue
+                why = skip_reason(vol, record, source.writables)
+                if why is not None:
+                    entry.update(state="skipped", reason=why)
                     report.volumes.append(entry)
                     emit("volume", entry)
                     continue
@@ -196,6 +254,23 @@ def snapshot(
                     entry["state"] = "changed"
                 report.volumes.append(entry)
                 emit("volume", entry)
+            for path, record in sorted(unmatched.items()):
+                missing: dict[str, Any] = {
+                    "key": f"{source.datastore}/{path}",
+                    "datastore": source.datastore,
+                    "path": path,
+                    "name": record.name,
+                    "kind": record.kind,
+                    "state": "failed",
+                    "managed": True,
+                    "reason": f"the manager lists it on [{source.datastore}] {path}, but the file is not there",
+                    "avm": record.to_json(),
+                    "files": [],
+                    "site": source.site,
+                }
+                seen.add(missing["key"])
+                report.volumes.append(missing)
+                emit("volume", missing)
             for key, prev in sorted(latest.items()):
                 if key not in seen and prev.state != "deleted":
                     gone: dict[str, Any] = {
@@ -222,6 +297,7 @@ def snapshot(
         "created_at": report.created_at,
         "hostname": socket.gethostname(),
         "sources": [s.datastore for s in sources],
+        "warnings": report.warnings,
         "stats": {},
         "volumes": report.volumes,
     }
@@ -232,8 +308,10 @@ def snapshot(
     return report
 
 
-def _volume_entry(vol: FoundVolume) -> dict[str, Any]:
+def _volume_entry(vol: FoundVolume, source: Source) -> dict[str, Any]:
     return {
+        "site": source.site,
+        "managed": None if source.managed is None else False,
         "key": vol.key,
         "datastore": vol.datastore,
         "path": vol.path,

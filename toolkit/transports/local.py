@@ -29,6 +29,13 @@ def safe_relpath(path: str) -> PurePosixPath:
     return p
 
 
+class DatastoreUnavailable(Error):
+    template = "{root} is not a directory (is the datastore mounted?)"
+    hint = "mount the datastore or fix its path in the configuration"
+    code = "datastore_unavailable"
+    exit_code = 1
+
+
 class LocalTransport:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -40,7 +47,13 @@ class LocalTransport:
         return self.root.joinpath(*safe_relpath(path).parts)
 
     def walk(self) -> Iterator[FileInfo]:
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        if not self.root.is_dir():
+            raise DatastoreUnavailable(root=self.root)
+
+        def fail(exc: OSError) -> None:
+            raise exc
+
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=fail):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 if name.startswith(".") or name.endswith(PARTIAL_SUFFIX):

@@ -1,0 +1,341 @@
+"""Configuration: TOML and the environment → frozen dataclasses.
+
+The only module that reads ``os.environ`` (besides the CLI's TOOLKIT_REPO
+default). Secrets are resolved lazily through :class:`Secret` and never appear
+in ``repr``, logs or errors. See docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+import subprocess
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from catalog.errors import Error
+
+TRANSPORTS: Final = ("local", "sftp", "http")
+WRITABLE_POLICIES: Final = ("skip", "copy", "disable")
+SECRET_COMMAND_TIMEOUT_S: Final = 30.0
+
+
+class ConfigError(Error):
+    template = "configuration {path}: {detail}"
+    hint = "see docs/configuration.md, or write a template with: toolkit config init"
+    code = "config_error"
+
+
+class ConfigNotFound(Error):
+    template = "configuration file {path} does not exist"
+    hint = "write a template with: toolkit config init {path}"
+    code = "config_not_found"
+
+
+class SecretUnavailable(Error):
+    template = "cannot read the {what}: {detail}"
+    hint = "check the environment variable, file or command named in the configuration"
+    code = "secret_unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """Where a password comes from: an environment variable, a file, a command, or inline."""
+
+    what: str
+    env: str | None = None
+    file: Path | None = None
+    command: str | None = None
+    inline: str | None = field(default=None, repr=False)
+
+    def get(self) -> str:
+        if self.inline is not None:
+            return self.inline
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise SecretUnavailable(what=self.what, detail=f"environment variable {self.env} is not set")
+            return value
+        if self.file is not None:
+            try:
+                mode = self.file.stat().st_mode
+            except OSError as exc:
+                raise SecretUnavailable(what=self.what, detail=f"{self.file}: {exc.strerror}") from None
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise SecretUnavailable(
+                    what=self.what, detail=f"{self.file} is readable by others (chmod 600 {self.file})"
+                )
+            return self.file.read_text().rstrip("\n")
+        if self.command is not None:
+            try:
+                out = subprocess.run(
+                    shlex.split(self.command),
+                    capture_output=True,
+                    text=True,
+                    timeout=SECRET_COMMAND_TIMEOUT_S,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise SecretUnavailable(
+                    what=self.what, detail=f"password command failed: {type(exc).__name__}"
+                ) from None
+            if out.returncode != 0:
+                raise SecretUnavailable(what=self.what, detail=f"password command exited with {out.returncode}")
+            return out.stdout.rstrip("\n")
+        raise SecretUnavailable(what=self.what, detail="no password_env, password_file or password_command given")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    verify: bool = True
+    ca_bundle: Path | None = None
+    thumbprint_sha256: str | None = None  # pinned certificate (hex, colons allowed)
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerConfig:
+    url: str
+    user: str
+    password: Secret
+    tls: TlsConfig
+
+
+@dataclass(frozen=True, slots=True)
+class VcenterConfig:
+    url: str
+    user: str
+    password: Secret
+    datacenter: str
+    tls: TlsConfig
+
+
+@dataclass(frozen=True, slots=True)
+class DatastoreConfig:
+    name: str
+    transport: Literal["local", "sftp", "http"]
+    path: str  # local: mount point; sftp: remote root (/vmfs/volumes/<name>); http: unused
+    host: str = ""
+    port: int = 22
+    user: str = ""
+    key_file: Path | None = None
+    password: Secret | None = None
+    known_hosts: Path | None = None
+    vsan: bool = False
+    staging: str | None = None  # datastore name used to stage copies of vSAN disks
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    name: str
+    manager: ManagerConfig | None
+    vcenter: VcenterConfig | None
+    datastores: tuple[DatastoreConfig, ...]
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    writables: Literal["skip", "copy", "disable"] = "skip"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    repository: Path | None
+    sites: tuple[SiteConfig, ...]
+
+    def site(self, name: str) -> SiteConfig | None:
+        return next((s for s in self.sites if s.name == name), None)
+
+
+def default_config_path() -> Path:
+    env = os.environ.get("TOOLKIT_CONFIG")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "appstack-toolkit" / "config.toml"
+
+
+def load_config(path: Path, *, required: bool = True) -> Config | None:
+    if not path.exists():
+        if required:
+            raise ConfigNotFound(path=path)
+        return None
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(path=path, detail=f"not valid TOML ({exc})") from None
+    private = not (path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO))
+    return _parse(path, data, private)
+
+
+def _parse(path: Path, data: dict[str, Any], private: bool) -> Config:
+    reader = _Reader(path, private)
+    repo = data.get("repository")
+    sites_raw = data.get("sites", {})
+    if not isinstance(sites_raw, dict):
+        raise ConfigError(path=path, detail="[sites] must be a table of sites")
+    unknown = set(data) - {"repository", "sites"}
+    if unknown:
+        raise ConfigError(path=path, detail=f"unknown top-level key(s): {', '.join(sorted(unknown))}")
+    sites = tuple(reader.site(name, raw) for name, raw in sites_raw.items())
+    return Config(path, Path(repo).expanduser() if isinstance(repo, str) else None, sites)
+
+
+@dataclass
+class _Reader:
+    path: Path
+    private: bool
+
+    def fail(self, where: str, detail: str) -> ConfigError:
+        return ConfigError(path=self.path, detail=f"{where}: {detail}")
+
+    def table(self, raw: object, where: str) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise self.fail(where, "must be a table")
+        return raw
+
+    def text(self, raw: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
+        value = raw.get(key, default)
+        if not isinstance(value, str) or (default is None and not value):
+            raise self.fail(where, f"{key} must be a non-empty string")
+        return value
+
+    def secret(self, raw: dict[str, Any], where: str) -> Secret:
+        given = [k for k in ("password", "password_env", "password_file", "password_command") if k in raw]
+        if len(given) != 1:
+            raise self.fail(where, "give exactly one of password_env, password_file, password_command (or password)")
+        key = given[0]
+        value = raw[key]
+        if not isinstance(value, str):
+            raise self.fail(where, f"{key} must be a string")
+        if key == "password":
+            if not self.private:
+                raise self.fail(
+                    where, f"an inline password needs a private file (chmod 600 {self.path}); or use password_env"
+                )
+            return Secret(where, inline=value)
+        if key == "password_env":
+            return Secret(where, env=value)
+        if key == "password_file":
+            return Secret(where, file=Path(value).expanduser())
+        return Secret(where, command=value)
+
+    def tls(self, raw: dict[str, Any], where: str) -> TlsConfig:
+        verify = raw.get("tls_verify", True)
+        if not isinstance(verify, bool):
+            raise self.fail(where, "tls_verify must be true or false")
+        ca = raw.get("ca_bundle")
+        thumb = raw.get("thumbprint_sha256")
+        if thumb is not None:
+            thumb = str(thumb).replace(":", "").lower()
+            if len(thumb) != 64 or any(c not in "0123456789abcdef" for c in thumb):
+                raise self.fail(where, "thumbprint_sha256 must be 64 hex digits (colons allowed)")
+        return TlsConfig(verify, Path(ca).expanduser() if isinstance(ca, str) else None, thumb)
+
+    def site(self, name: str, raw_site: object) -> SiteConfig:
+        where = f"[sites.{name}]"
+        raw = self.table(raw_site, where)
+        manager = None
+        if "manager" in raw:
+            m = self.table(raw["manager"], f"{where}.manager")
+            w = f"{where}.manager"
+            manager = ManagerConfig(self.text(m, "url", w), self.text(m, "user", w), self.secret(m, w), self.tls(m, w))
+        vcenter = None
+        if "vcenter" in raw:
+            v = self.table(raw["vcenter"], f"{where}.vcenter")
+            w = f"{where}.vcenter"
+            vcenter = VcenterConfig(
+                self.text(v, "url", w),
+                self.text(v, "user", w),
+                self.secret(v, w),
+                self.text(v, "datacenter", w, "DC0") or "DC0",
+                self.tls(v, w),
+            )
+        stores = self.table(raw.get("datastores", {}), f"{where}.datastores")
+        datastores = tuple(self.datastore(name, ds_name, ds) for ds_name, ds in stores.items())
+        if not datastores:
+            raise self.fail(where, "no datastores configured")
+        if any(d.transport == "http" for d in datastores) and vcenter is None:
+            raise self.fail(where, 'a datastore with transport = "http" needs a [vcenter] for the site')
+        writables = raw.get("writables", "skip")
+        if writables not in WRITABLE_POLICIES:
+            raise self.fail(where, f"writables must be one of {', '.join(WRITABLE_POLICIES)}")
+        include = raw.get("include", ["*"])
+        exclude = raw.get("exclude", [])
+        if not all(isinstance(x, str) for x in [*include, *exclude]):
+            raise self.fail(where, "include and exclude are lists of glob strings")
+        return SiteConfig(name, manager, vcenter, datastores, tuple(include), tuple(exclude), writables)
+
+    def datastore(self, site: str, name: str, raw_ds: object) -> DatastoreConfig:
+        where = f"[sites.{site}.datastores.{name}]"
+        raw = self.table(raw_ds, where)
+        transport = raw.get("transport", "local")
+        if transport not in TRANSPORTS:
+            raise self.fail(where, f"transport must be one of {', '.join(TRANSPORTS)}")
+        if transport == "local":
+            return DatastoreConfig(name, "local", str(Path(self.text(raw, "path", where)).expanduser()))
+        if transport == "http":
+            return DatastoreConfig(name, "http", "", vsan=bool(raw.get("vsan", False)), staging=raw.get("staging"))
+        port = raw.get("port", 22)
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise self.fail(where, "port must be a TCP port number")
+        key = raw.get("key_file")
+        known = raw.get("known_hosts", "~/.ssh/known_hosts")
+        password = self.secret(raw, where) if any(k.startswith("password") for k in raw) else None
+        if key is None and password is None:
+            raise self.fail(where, "an sftp datastore needs key_file or a password_* setting")
+        return DatastoreConfig(
+            name,
+            "sftp",
+            self.text(raw, "path", where, f"/vmfs/volumes/{name}"),
+            host=self.text(raw, "host", where),
+            port=port,
+            user=self.text(raw, "user", where, "root"),
+            key_file=Path(key).expanduser() if isinstance(key, str) else None,
+            password=password,
+            known_hosts=Path(known).expanduser(),
+            vsan=bool(raw.get("vsan", False)),
+            staging=raw.get("staging"),
+        )
+
+
+TEMPLATE: Final = """\
+# AppStack toolkit configuration. Reference: docs/configuration.md
+# Keep this file private (chmod 600) if it holds an inline password.
+
+repository = "/backup/appstacks"
+
+[sites.dc1]
+writables = "skip"                 # skip | copy (crash-inconsistent) | disable (while copying)
+include = ["*"]                    # globs on volume name, path or datastore/path
+exclude = []
+
+[sites.dc1.manager]                # App Volumes Manager of this site
+url = "https://avm.dc1.example.com"
+user = "EXAMPLE\\\\svc-appstack-backup"
+password_env = "TOOLKIT_DC1_AVM_PASSWORD"   # or password_file / password_command
+# thumbprint_sha256 = "ab:cd:..."  # pin a self-signed certificate instead of turning verification off
+# ca_bundle = "/etc/ssl/certs/corp-ca.pem"
+
+[sites.dc1.vcenter]                # needed for transport = "http" and for vSAN
+url = "https://vcenter.dc1.example.com"
+user = "svc-appstack-backup@vsphere.local"
+password_env = "TOOLKIT_DC1_VC_PASSWORD"
+datacenter = "DC1"
+
+[sites.dc1.datastores.appstacks-nfs]
+transport = "local"                # an NFS mount of the datastore on this machine
+path = "/mnt/appstacks-nfs"
+
+[sites.dc1.datastores.appstacks-vmfs]
+transport = "sftp"                 # SSH to an ESXi host that mounts the datastore
+host = "esxi01.dc1.example.com"
+user = "root"
+key_file = "~/.ssh/id_rsa_esxi"    # RSA or ECDSA: ESXi in FIPS mode refuses ed25519
+known_hosts = "~/.ssh/known_hosts" # unknown or changed host keys are refused
+path = "/vmfs/volumes/appstacks-vmfs"
+
+# [sites.dc1.datastores.appstacks-http]
+# transport = "http"               # datastore HTTP through the vCenter above
+"""

@@ -1,0 +1,95 @@
+"""Build snapshot sources from the configuration: transports plus what each manager knows."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from catalog.errors import Error
+from toolkit.avm import AvmClient, AvmVolume
+from toolkit.config import Config, DatastoreConfig, ManagerConfig, SiteConfig, TlsConfig
+from toolkit.ops.snapshot import Source
+from toolkit.transports.base import Transport
+from toolkit.transports.local import LocalTransport
+
+log = logging.getLogger(__name__)
+
+
+class UnknownSource(Error):
+    template = "{name!r} is neither a configured site or datastore nor a directory"
+    hint = "list configured sites with: toolkit check; or give a datastore directory"
+    code = "unknown_source"
+
+
+def tls_verify(tls: TlsConfig) -> bool | str:
+    """What requests' ``verify`` takes; a pinned thumbprint is checked by the adapter itself."""
+    if tls.ca_bundle is not None:
+        return str(tls.ca_bundle)
+    return tls.verify
+
+
+def manager_client(m: ManagerConfig) -> AvmClient:
+    return AvmClient(
+        m.url, m.user, m.password.get(), verify=tls_verify(m.tls), thumbprint_sha256=m.tls.thumbprint_sha256
+    )
+
+
+def open_transport(site: SiteConfig, ds: DatastoreConfig, stack: ExitStack) -> Transport:
+    """A transport for one configured datastore; closed when ``stack`` closes."""
+    if ds.transport == "local":
+        return LocalTransport(Path(ds.path))
+    raise UnknownSource(name=f"{site.name}/{ds.name} (transport {ds.transport} is not available in this build)")
+
+
+def managed_by_datastore(site: SiteConfig, warn: Callable[[str], None]) -> dict[str, dict[str, AvmVolume]] | None:
+    """The manager's inventory of a site grouped by datastore; None when unknown (no manager, or it failed)."""
+    if site.manager is None:
+        return None
+    try:
+        client = manager_client(site.manager)
+        inventory = client.inventory()
+        client.logout()
+    except Error as exc:
+        warn(f"site {site.name}: App Volumes Manager unavailable ({exc}); volumes are captured but not matched")
+        return None
+    out: dict[str, dict[str, AvmVolume]] = {ds.name: {} for ds in site.datastores}
+    for vol in inventory:
+        if vol.datastore in out:
+            out[vol.datastore][vol.relpath] = vol
+    return out
+
+
+def configured_sources(config: Config, names: list[str], stack: ExitStack, warn: Callable[[str], None]) -> list[Source]:
+    """Sources for the named sites or datastores (all sites when ``names`` is empty)."""
+    wanted: list[tuple[SiteConfig, list[DatastoreConfig]]] = []
+    for name in names or [s.name for s in config.sites]:
+        site = config.site(name)
+        if site is not None:
+            wanted.append((site, list(site.datastores)))
+            continue
+        hits = [(s, d) for s in config.sites for d in s.datastores if d.name == name or f"{s.name}/{d.name}" == name]
+        if not hits:
+            raise UnknownSource(name=name)
+        wanted += [(s, [d]) for s, d in hits]
+    sources = []
+    for site, stores in wanted:
+        managed = managed_by_datastore(site, warn)
+        for ds in stores:
+            extra: dict[str, Any] = {}
+            if managed is not None:
+                extra["managed"] = managed.get(ds.name, {})
+            sources.append(
+                Source(
+                    ds.name,
+                    open_transport(site, ds, stack),
+                    site=site.name,
+                    include=site.include,
+                    exclude=site.exclude,
+                    writables="copy" if site.writables == "copy" else "skip",
+                    **extra,
+                )
+            )
+    return sources
