@@ -70,7 +70,7 @@ def by_name(report: dict) -> dict[str, dict]:
 
 
 def test_configured_snapshot_records_the_managers_view(site) -> None:
-    sim, tmp, flavour = site
+    sim, tmp, _ = site
     cfg = write_config(tmp, sim.url)
     assert run_toolkit("--config", str(cfg), "init").returncode == 0
     writable = next(v for v in sim.volumes() if v.kind == "writable")
@@ -138,7 +138,7 @@ def test_an_attached_writable_is_copied_when_the_policy_says_so(site) -> None:
 
 
 def test_manager_down_still_captures_and_exits_1(site) -> None:
-    sim, tmp, _ = site
+    _, tmp, _ = site
     cfg = write_config(tmp, "http://127.0.0.1:9")
     run_toolkit("--config", str(cfg), "init")
     rc, report = cli(cfg, "snapshot")
