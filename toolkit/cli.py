@@ -556,6 +556,60 @@ def demo(c: Ctx, directory: Path, flavour: str) -> None:
 
 
 @cli.group()
+def lab() -> None:
+    """A simulated App Volumes site on this machine, for trying every command."""
+
+
+@lab.command("up")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option(
+    "--flavour",
+    type=click.Choice(["2.x", "4.x"]),
+    default="2.x",
+    show_default=True,
+    help="Manager version to simulate.",
+)
+@click.option("--tls", is_flag=True, help="Serve the manager over HTTPS with a self-signed certificate (pinned).")
+@click.option("--port", type=int, default=0, help="Manager port (default: a free one).")
+@pass_ctx
+def lab_up_cmd(c: Ctx, directory: Path, flavour: str, tls: bool, port: int) -> None:
+    """Start a simulated site in the foreground and write a ready configuration.
+
+    Datastores ds1 and ds2 (a storage group) are directories under DIRECTORY,
+    seeded with sample volumes the first time; the App Volumes Manager
+    simulator imports them. DIRECTORY/toolkit.toml configures a site for them.
+    Ctrl-C stops everything it started.
+
+    \b
+    Example:
+      toolkit lab up /tmp/lab
+      TOOLKIT_CONFIG=/tmp/lab/toolkit.toml toolkit snapshot
+    """
+    import signal
+    import threading
+
+    from toolkit.lab.up import lab_up
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def ready(facts: dict[str, Any]) -> None:
+        if c.json:
+            click.echo(json.dumps(facts))
+
+    lab_up(
+        directory.resolve(),
+        lambda text: click.echo(text, err=c.json),
+        flavour="4.x" if flavour == "4.x" else "2.x",
+        tls=tls,
+        port=port,
+        stop=stop,
+        ready=ready,
+    )
+
+
+@cli.group()
 def config() -> None:
     """Write and show the configuration file."""
 
