@@ -26,9 +26,7 @@ fi
 
 python3 -m pip install --quiet -e '.[dev]'
 
-python3 -m ruff check .
-python3 -m ruff format --check .
-python3 -m mypy catalog toolkit
+bash scripts/lint.sh
 
 # Build vcsim once (cached) so no lab test waits for the compiler.
 python3 -c 'from toolkit.lab.vcsim import build_vcsim; print("vcsim:", build_vcsim())'

@@ -36,7 +36,7 @@ def test_lab_up_serves_a_site_that_snapshot_uses(tmp_path: Path, tls: bool) -> N
         assert run_toolkit("verify", env=env).returncode == 0
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "lab stopped" in err
     assert "Traceback" not in err

@@ -29,8 +29,8 @@ from toolkit.vsphere import (
     VsphereTlsFailed,
     VsphereUnreachable,
     connect,
-    format_datastore_path,
     folder_of_result,
+    format_datastore_path,
     mtime_ns_of,
     parse_datastore_path,
 )
@@ -320,4 +320,3 @@ def test_tls_is_verified_by_default(vcsim_server: VcsimServer, tls_relay: tuple[
     with pytest.raises(VsphereTlsFailed) as caught:
         connect(_config(vcsim_server, url=relay.url))  # a self-signed certificate and no CA bundle
     assert "certificate" in str(caught.value)
-    print(caught.value, caught.value.hint_text)
