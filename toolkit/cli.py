@@ -20,14 +20,18 @@ from catalog.errors import Error
 from catalog.lock import break_lock
 from catalog.repo import Repository
 from toolkit import __version__
+from toolkit.avm import AvmClient
 from toolkit.config import TEMPLATE, Config, default_config_path, load_config
 from toolkit.errors import SourceNotDirectory, SourceNotFound
+from toolkit.ops.register import NoManager, in_use
+from toolkit.ops.register import register as register_volumes
 from toolkit.ops.restore import parse_as_of
 from toolkit.ops.restore import restore as restore_job
 from toolkit.ops.snapshot import Source
 from toolkit.ops.snapshot import snapshot as snapshot_job
 from toolkit.progress import Progress, human_bytes
-from toolkit.sites import configured_sources
+from toolkit.sites import configured_sources, manager_client, open_transport
+from toolkit.transports.base import Transport
 from toolkit.transports.local import LocalTransport
 
 
@@ -179,6 +183,29 @@ def resolve_sources(c: Ctx, names: list[str], stack: contextlib.ExitStack, warn:
             raise NoSources()
         sources += configured_sources(config, named, stack, warn)
     return sources
+
+
+@dataclass
+class Destination:
+    transport: Transport
+    site: str | None = None
+    datastore: str | None = None
+    manager: AvmClient | None = None
+
+
+def resolve_destination(c: Ctx, dest: str, stack: contextlib.ExitStack) -> Destination:
+    """A configured datastore (DS or SITE/DS) when one matches and no such directory exists; else a directory."""
+    path = Path(dest).expanduser()
+    if not path.exists():
+        config = c.config(required=False)
+        for site in config.sites if config else ():
+            for ds in site.datastores:
+                if dest in (ds.name, f"{site.name}/{ds.name}"):
+                    manager = manager_client(site.manager) if site.manager else None
+                    return Destination(open_transport(site, ds, stack), site.name, ds.name, manager)
+    if path.exists() and not path.is_dir():
+        raise SourceNotDirectory(path=path)
+    return Destination(LocalTransport(path))
 
 
 class NoSources(Error):
@@ -419,45 +446,59 @@ def verify(c: Ctx, read_data: bool, read_data_subset: float | None) -> None:
 @click.option("--as-of", "as_of", required=True, help="ISO 8601 time (local if no zone) or a snapshot id.")
 @click.option("--volume", "volumes", multiple=True, metavar="GLOB", help="Only volumes whose name, path or key match.")
 @click.option("--datastore", "datastores", multiple=True, help="Only volumes captured from this datastore.")
-@click.option("--to", "dest", required=True, type=click.Path(path_type=Path), help="Directory to restore into.")
+@click.option("--to", "dest", required=True, help="A configured datastore (DS or SITE/DS), or a directory.")
 @click.option("--dry-run", is_flag=True, help="Show what would be restored; write nothing.")
-@click.option("--overwrite", is_flag=True, help="Replace files that exist and differ.")
+@click.option("--overwrite", is_flag=True, help="Replace files that exist and differ (never ones desktops use).")
+@click.option("--register", is_flag=True, help="Import the restored volumes into the site's App Volumes Manager.")
 @pass_ctx
 def restore(
     c: Ctx,
     as_of: str,
     volumes: tuple[str, ...],
     datastores: tuple[str, ...],
-    dest: Path,
+    dest: str,
     dry_run: bool,
     overwrite: bool,
+    register: bool,
 ) -> None:
-    """Restore each volume as it was at --as-of into --to DIR.
+    """Restore each volume as it was at --as-of onto a datastore or into a directory.
 
-    Each volume is written at its datastore-relative path under DIR, through a
+    Each volume is written at its datastore-relative path, through a
     temporary name, checked against the digest recorded at capture, then
     renamed. Zero chunks stay holes. A re-run skips files already in place.
+    With --to a configured datastore, volumes the manager reports attached to
+    desktops are never replaced, and --register imports the restored volumes
+    and checks the manager lists them again with their recorded GUID.
 
     \b
     Example:
       toolkit --repo /backup/appstacks restore --as-of 2026-11-20T03:00 --to /mnt/restore
       toolkit --repo /backup/appstacks restore --as-of 2026-11-20 --volume 'Office*' --to /mnt/restore --dry-run
+      toolkit restore --as-of 2026-11-20T03:00 --volume 'Office 2016' --to dc1/appstacks-nfs --register
     """
-    if dest.exists() and not dest.is_dir():
-        raise SourceNotDirectory(path=dest)
+    stack = contextlib.ExitStack()
+    target = resolve_destination(c, dest, stack)
+    if register and target.manager is None:
+        raise NoManager(site=target.site or dest)
+    protected: dict[str, str] = {}
+    if target.manager is not None and target.datastore is not None:
+        protected = in_use(target.manager.inventory(), target.datastore)
     progress = c.progress()
-    with c.open() as repo:
+    with stack, c.open() as repo:
         when = parse_as_of(as_of, repo)
         report = restore_job(
             repo,
             when,
-            LocalTransport(dest),
+            target.transport,
             patterns=list(volumes),
             datastores=list(datastores) or None,
             dry_run=dry_run,
             overwrite=overwrite,
+            protected=protected,
             event=progress,
         )
+    if register and not dry_run and target.manager is not None and target.datastore is not None:
+        register_volumes(target.manager, target.datastore, report.volumes)
     progress.finish()
     rows = [
         [

@@ -6,7 +6,7 @@ import fnmatch
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,7 +61,7 @@ class RestoreReport:
 
     @property
     def ok(self) -> bool:
-        return all(v["status"] in ("restored", "in place", "planned") for v in self.volumes)
+        return all(v["status"] in ("restored", "in place", "planned", "registered") for v in self.volumes)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -130,9 +130,17 @@ def restore(
     datastores: list[str] | None = None,
     dry_run: bool = False,
     overwrite: bool = False,
+    protected: Mapping[str, str] | None = None,
     workers: int = 2,
     event: Event | None = None,
 ) -> RestoreReport:
+    """Restore the plan into ``dest``.
+
+    ``protected`` maps descriptor paths on the destination to a reason they must
+    not be replaced (the manager reports them attached to desktops): such a
+    volume is only restored if nothing different is in the way, even with
+    ``overwrite``.
+    """
     started = time.monotonic()
     emit = event or (lambda _k, _d: None)
     plan, notes = plan_restore(repo, as_of, patterns or [], datastores)
@@ -147,6 +155,9 @@ def restore(
             v = item.version
             entry: dict[str, Any] = {
                 "key": v.volume_key,
+                "datastore": v.datastore,
+                "path": v.path,
+                "avm": v.avm,
                 "name": v.name,
                 "kind": v.kind,
                 "snapshot": v.snapshot_id,
@@ -171,6 +182,8 @@ def restore(
                             in_place += 1
                             emit("bytes", {"n": f.size})
                             continue
+                        if protected and v.path in protected:
+                            raise DestinationInUse(path=f"{dest.describe()}/{v.path}", reason=protected[v.path])
                         if not overwrite:
                             raise DestinationExists(path=f"{dest.describe()}/{f.path}")
                     dest.clean_partials(f.path)
@@ -194,6 +207,13 @@ def restore(
             emit("volume", entry)
     report.duration_s = time.monotonic() - started
     return report
+
+
+class DestinationInUse(Error):
+    template = "{path} is in use ({reason}); it is never replaced while desktops use it"
+    hint = "restore beside it: --to another datastore or directory, then switch the assignments in the manager"
+    code = "destination_in_use"
+    exit_code = 1
 
 
 class RestoredDigestMismatch(Error):
