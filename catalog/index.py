@@ -141,14 +141,41 @@ class Index:
             return None
         return ChunkLocation(chunk_id, PackId(row[0]), row[1], row[2], row[3], row[4], bytes(row[5]))
 
-    def add_pack(self, pack_id: PackId, size: int, entries: Iterable[PackEntry], added_at: str) -> None:
+    def add_pack(
+        self, pack_id: PackId, size: int, entries: Iterable[PackEntry], added_at: str, *, replace: bool = False
+    ) -> None:
+        """Index a sealed pack; ``replace`` points chunks already indexed elsewhere at this pack (repacking)."""
         rows = [(e.chunk_id, e.type, pack_id, e.offset, e.stored_size, e.raw_size, e.codec, e.sha256) for e in entries]
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         with self._lock, self.conn:
             self.conn.execute(
                 "INSERT OR IGNORE INTO packs (id, size, chunk_count, added_at) VALUES (?, ?, ?, ?)",
                 (pack_id, size, len(rows), added_at),
             )
-            self.conn.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.conn.executemany(f"{verb} INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def remove_pack(self, pack_id: str) -> None:
+        with self._lock, self.conn:
+            self.conn.execute("DELETE FROM chunks WHERE pack_id = ?", (pack_id,))
+            self.conn.execute("DELETE FROM packs WHERE id = ?", (pack_id,))
+
+    def remove_snapshot(self, snapshot_id: str) -> None:
+        """Forget a snapshot and its versions; volumes left with no version are forgotten too."""
+        with self._lock, self.conn:
+            self.conn.execute(
+                "DELETE FROM files WHERE version_id IN (SELECT id FROM versions WHERE snapshot_id = ?)", (snapshot_id,)
+            )
+            self.conn.execute("DELETE FROM versions WHERE snapshot_id = ?", (snapshot_id,))
+            self.conn.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+            self.conn.execute("DELETE FROM volumes WHERE id NOT IN (SELECT DISTINCT volume_id FROM versions)")
+            self.conn.execute("DELETE FROM manifests WHERE id NOT IN (SELECT DISTINCT manifest_id FROM files)")
+
+    def manifests_in_use(self, without: set[str]) -> list[bytes]:
+        """Manifest ids of every file version, except those of snapshots in ``without``."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT f.manifest_id, v.snapshot_id FROM files f JOIN versions v ON v.id = f.version_id"
+        )
+        return sorted({bytes(r[0]) for r in rows if r[1] not in without})
 
     def add_manifest(self, manifest_id: ChunkId, file_size: int, chunk_count: int, hole_count: int) -> None:
         with self._lock, self.conn:

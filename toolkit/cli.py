@@ -519,6 +519,61 @@ def restore(
 
 
 @cli.command()
+@click.option("--keep-last", type=click.IntRange(0), default=0, help="Keep the N newest snapshots.")
+@click.option("--keep-daily", type=click.IntRange(0), default=0, help="Keep the newest snapshot of each of N days.")
+@click.option("--keep-weekly", type=click.IntRange(0), default=0, help="… of each of N ISO weeks.")
+@click.option("--keep-monthly", type=click.IntRange(0), default=0, help="… of each of N months.")
+@click.option("--keep-yearly", type=click.IntRange(0), default=0, help="… of each of N years.")
+@click.option(
+    "--keep-deleted-days",
+    type=click.FloatRange(0),
+    default=None,
+    help="Keep a deleted volume's last version this long after its deletion (default: forever).",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be removed and freed; change nothing.")
+@pass_ctx
+def prune(
+    c: Ctx,
+    keep_last: int,
+    keep_daily: int,
+    keep_weekly: int,
+    keep_monthly: int,
+    keep_yearly: int,
+    keep_deleted_days: float | None,
+    dry_run: bool,
+) -> None:
+    """Remove snapshots the retention policy does not keep, and free their space.
+
+    The newest snapshot is always kept, and so is the last version of every
+    volume that has been deleted from the datastores (for --keep-deleted-days,
+    default forever), so retention never finishes what an accidental deletion
+    started. Space is freed by deleting packs nothing references and repacking
+    those mostly unreferenced. Times are bucketed in UTC.
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks prune --keep-daily 14 --keep-weekly 8 --keep-monthly 12 --dry-run
+    """
+    from datetime import UTC, datetime
+
+    from catalog.prune import Policy
+    from catalog.prune import prune as prune_repo
+
+    policy = Policy(keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_deleted_days)
+    with c.open(readonly=False) as repo, repo.writing("prune"):
+        report = prune_repo(repo, policy, dry_run=dry_run, now=datetime.now(UTC))
+    verb = "would remove" if dry_run else "removed"
+    lines = [f"{verb} {len(report.removed)} snapshot(s), kept {len(report.kept)}"]
+    lines += [f"  keep {sid[:12]}: {', '.join(why)}" for sid, why in sorted(report.kept.items())]
+    lines += [f"  {verb.split()[-1]} {sid[:12]}" for sid in report.removed]
+    lines.append(
+        f"{'would free' if dry_run else 'freed'} {human_bytes(report.bytes_freed)} "
+        f"({report.packs_deleted} pack(s) deleted, {report.packs_repacked} repacked)"
+    )
+    c.emit(report.to_json(), "\n".join(lines))
+
+
+@cli.command()
 @click.option(
     "--rebuild-catalog",
     is_flag=True,

@@ -39,3 +39,9 @@ class SnapshotAmbiguous(Error):
     template = "{ref!r} matches {count} snapshots"
     hint = "give more characters of the snapshot id"
     code = "snapshot_ambiguous"
+
+
+class SnapshotNotFound(Error):
+    template = "no snapshot has an id starting with {ref!r}"
+    hint = "list them with: toolkit snapshots (pruned snapshots are gone)"
+    code = "snapshot_not_found"

@@ -118,7 +118,7 @@ def test_a_deleted_volume_is_recorded_and_stays_restorable(toolkit: Toolkit, dat
     assert [v["state"] for v in hist["versions"]] == ["new", "deleted"]
     # Restoring "now" leaves the deleted volume out and says so; as of t1 brings it back.
     now = toolkit.json("restore", "--as-of", datetime.now(UTC).isoformat(), "--to", str(tmp_path / "a"), "--dry-run")
-    assert {v["key"]: v["status"] for v in now["volumes"]}[f"ds1/{PKG}"] == "not restored"
+    assert {v["key"]: v["status"] for v in now["volumes"]}[f"ds1/{PKG}"] == "not present"
     r = toolkit("restore", "--as-of", t1, "--volume", "Chrome*", "--to", str(tmp_path / "b"))
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "b" / PKG).exists()

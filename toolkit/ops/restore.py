@@ -17,7 +17,7 @@ from catalog.chunker import FileDigest, iter_offsets
 from catalog.errors import Error
 from catalog.index import FileRow, VersionRow
 from catalog.repo import Repository
-from toolkit.errors import BadTime, DestinationExists, NothingToRestore, SnapshotAmbiguous
+from toolkit.errors import BadTime, DestinationExists, NothingToRestore, SnapshotAmbiguous, SnapshotNotFound
 from toolkit.transports.base import Transport
 from toolkit.transports.local import safe_relpath
 
@@ -35,6 +35,8 @@ def parse_as_of(value: str, repo: Repository) -> str:
             raise SnapshotAmbiguous(ref=value, count=len(matches))
         if matches:
             return matches[0].created_at
+        if len(text) >= 8 and not any(c in text for c in "-:T"):
+            raise SnapshotNotFound(ref=value)
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
@@ -61,7 +63,8 @@ class RestoreReport:
 
     @property
     def ok(self) -> bool:
-        return all(v["status"] in ("restored", "in place", "planned", "registered") for v in self.volumes)
+        done = ("restored", "in place", "planned", "registered", "not present")
+        return all(v["status"] in done for v in self.volumes)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -146,9 +149,7 @@ def restore(
     plan, notes = plan_restore(repo, as_of, patterns or [], datastores)
     report = RestoreReport(as_of, dry_run)
     for note in notes:
-        report.volumes.append(
-            {"key": note.split(":", 1)[0], "status": "not restored", "reason": note.split(": ", 1)[1]}
-        )
+        report.volumes.append({"key": note.split(":", 1)[0], "status": "not present", "reason": note.split(": ", 1)[1]})
     chunk_size = repo.config.chunk_size
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
         for item in plan:
