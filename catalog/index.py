@@ -50,6 +50,11 @@ CREATE TABLE IF NOT EXISTS versions (
     size INTEGER NOT NULL, avm TEXT, UNIQUE (snapshot_id, volume_id)
 );
 CREATE INDEX IF NOT EXISTS versions_volume ON versions(volume_id, snapshot_id);
+CREATE TABLE IF NOT EXISTS verify_runs (
+    id INTEGER PRIMARY KEY, started_at TEXT NOT NULL, duration_s REAL NOT NULL, level TEXT NOT NULL,
+    scope TEXT NOT NULL, ok INTEGER NOT NULL, problems INTEGER NOT NULL, bytes_read INTEGER NOT NULL,
+    packs_read INTEGER NOT NULL, detail TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS files (
     version_id INTEGER NOT NULL REFERENCES versions(id), path TEXT NOT NULL, role TEXT NOT NULL,
     size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, manifest_id BLOB NOT NULL, digest TEXT NOT NULL,
@@ -109,8 +114,8 @@ class Index:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if not readonly and version == 0:
-                conn.executescript(SCHEMA)
+            if not readonly and version in (0, SCHEMA_VERSION):
+                conn.executescript(SCHEMA)  # idempotent: also adds tables a newer minor release introduced
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.commit()
             elif version not in (0, SCHEMA_VERSION):
@@ -201,13 +206,12 @@ class Index:
 
     def chunks_in_pack(self, pack_id: str) -> dict[bytes, tuple[int, int, int, int, int, bytes]]:
         """chunk_id -> (type, offset, stored_size, raw_size, codec, sha256) of one pack."""
-        return {
-            bytes(r[0]): (r[1], r[2], r[3], r[4], r[5], bytes(r[6]))
-            for r in self.conn.execute(
+        with self._lock:
+            rows = self.conn.execute(
                 "SELECT id, type, offset, stored_size, raw_size, codec, sha256 FROM chunks WHERE pack_id = ?",
                 (pack_id,),
-            )
-        }
+            ).fetchall()
+        return {bytes(r[0]): (r[1], r[2], r[3], r[4], r[5], bytes(r[6])) for r in rows}
 
     def stored_totals(self) -> tuple[int, int, int]:
         """(pack bytes, stored chunk bytes, raw chunk bytes) of data chunks."""
@@ -364,6 +368,42 @@ class Index:
             )
             out += [(r[0], r[1], r[2], r[3]) for r in self.conn.execute(sql, part)]
         return out
+
+    def add_verify_run(self, run: dict[str, Any]) -> None:
+        with self._lock, self.conn:
+            self.conn.execute(
+                "INSERT INTO verify_runs (started_at, duration_s, level, scope, ok, problems, bytes_read, packs_read, "
+                "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run["started_at"],
+                    run["duration_s"],
+                    run["level"],
+                    run["scope"],
+                    int(run["ok"]),
+                    run["problems"],
+                    run["bytes_read"],
+                    run["packs_read"],
+                    json.dumps(run.get("detail", {}), sort_keys=True),
+                ),
+            )
+
+    def verify_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT started_at, duration_s, level, scope, ok, problems, bytes_read, packs_read, detail "
+            "FROM verify_runs ORDER BY started_at DESC LIMIT ?",
+            (limit,),
+        )
+        keys = ("started_at", "duration_s", "level", "scope", "ok", "problems", "bytes_read", "packs_read", "detail")
+        return [dict(zip(keys, (*r[:4], bool(r[4]), *r[5:8], json.loads(r[8])), strict=True)) for r in rows]
+
+    def coverage(self, since: str) -> tuple[int, int]:
+        """(pack bytes read and found sound since ``since``, all pack bytes)."""
+        done, total = self.conn.execute(
+            "SELECT coalesce(sum(CASE WHEN verified_at >= ? THEN size ELSE 0 END), 0), coalesce(sum(size), 0) "
+            "FROM packs",
+            (since,),
+        ).fetchone()
+        return int(done), int(total)
 
     def logical_bytes(self) -> int:
         return int(self.conn.execute("SELECT coalesce(sum(size), 0) FROM versions").fetchone()[0])

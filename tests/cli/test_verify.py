@@ -1,0 +1,113 @@
+"""verify levels, the time budget, coverage, restore-path checks and the run history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolkit.lab.corpus import make_volume
+
+from ..conftest import Toolkit
+
+
+@pytest.fixture
+def filled(toolkit: Toolkit, tmp_path: Path) -> Toolkit:
+    root = tmp_path / "ds1"
+    make_volume(root, "cloudvolumes/apps/Alpha.vmdk", size_mib=6, seed=11, real=False)
+    make_volume(root, "cloudvolumes/apps/Beta.vmdk", size_mib=6, seed=12, real=False)
+    toolkit("init")
+    assert toolkit("snapshot", str(root)).exit_code == 0
+    return toolkit
+
+
+def test_budget_coverage_and_history(filled: Toolkit) -> None:
+    none = filled.json("verify", "--max-duration", "0", "--coverage", "30")
+    assert none["level"] == "data-subset"
+    assert none["packs_read"] == 0
+    assert "time budget reached" in none["warnings"][0]
+    assert none["coverage"]["share"] == 0
+    full = filled.json("verify", "--read-data", "--coverage", "30")
+    assert full["level"] == "data"
+    assert full["packs_read"] == full["packs_total"] > 3
+    assert full["coverage"]["share"] == 1.0
+    runs = filled.json("verify", "--history")["runs"]
+    assert [r["level"] for r in runs] == ["data", "data-subset"]
+    assert all(r["ok"] for r in runs)
+
+
+def test_restore_path_check_names_exactly_the_damaged_volume(filled: Toolkit) -> None:
+    from catalog.assemble import load_manifest
+    from catalog.repo import Repository
+    from catalog.types import HOLE_ID
+
+    repo = Repository.open(filled.repo, readonly=True)
+    version = next(v for v in repo.index.all_versions() if v.name == "Alpha")
+    flat = next(f for f in repo.index.files(version.version_id) if f.role == "extent")
+    cid = next(c for c in load_manifest(repo.index, repo.reader, flat.manifest_id).chunk_ids if c != HOLE_ID)
+    loc = repo.index.locate(cid)
+    repo.close()
+    path = filled.repo / "packs" / loc.pack_id[:2] / loc.pack_id
+    with path.open("r+b") as f:
+        f.seek(loc.offset + 7)
+        b = f.read(1)
+        f.seek(loc.offset + 7)
+        f.write(bytes([b[0] ^ 0x40]))
+    ok = filled("--json", "verify", "--volume", "Beta")
+    assert ok.exit_code == 0, ok.stdout
+    bad = filled("--json", "verify", "--volume", "Alpha")
+    assert bad.exit_code == 1
+    import json
+
+    report = json.loads(bad.stdout)
+    assert report["level"] == "restore-path"
+    assert report["problems"][0]["affected"][0]["volume"] == "ds1/cloudvolumes/apps/Alpha.vmdk"
+    runs = filled.json("verify", "--history")["runs"]
+    assert [(r["level"], r["ok"]) for r in runs] == [("restore-path", False), ("restore-path", True)]
+
+
+def test_conflicting_options_are_usage_errors(filled: Toolkit) -> None:
+    assert filled("verify", "--read-data", "--volume", "x").exit_code == 2
+    assert filled("verify", "--as-of", "2026-01-01").exit_code == 2
+
+
+def test_drill_restores_checks_times_cleans_up_and_rotates(toolkit: Toolkit, tmp_path: Path) -> None:
+    root = tmp_path / "ds1"
+    for i, name in enumerate(["One", "Two", "Three"]):
+        make_volume(root, f"cloudvolumes/apps/{name}.vmdk", size_mib=16, seed=i, real=True)
+    toolkit("init")
+    assert toolkit("snapshot", str(root)).exit_code == 0
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    first = toolkit.json("verify", "--drill", "--sample", "2", "--scratch", str(scratch))
+    assert first["ok"]
+    drilled = [r["volume"] for r in first["results"]]
+    assert len(drilled) == 2
+    checks = " ".join(first["results"][0]["checks"])
+    assert "qemu-img check passes" in checks or "qemu-img opens it" in checks
+    assert "ntfs file system signature" in checks
+    assert first["results"][0]["seconds_per_gib"] > 0
+    assert list(scratch.iterdir()) == []  # always cleaned up
+    second = toolkit.json("verify", "--drill", "--sample", "2", "--scratch", str(scratch))
+    assert second["results"][0]["volume"] not in drilled  # the one never drilled goes first
+    history = toolkit.json("verify", "--history")["runs"]
+    assert [r["level"] for r in history] == ["drill", "drill"]
+
+
+def test_a_drill_fails_on_a_disk_a_hypervisor_could_not_open(toolkit: Toolkit, tmp_path: Path) -> None:
+    root = tmp_path / "ds1" / "cloudvolumes/apps"
+    root.mkdir(parents=True)
+    (root / "Broken.vmdk").write_text(
+        '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="twoGbMaxExtentSparse"\n'
+        'RW 8192 SPARSE "Broken-s001.vmdk"\n'
+    )
+    (root / "Broken-s001.vmdk").write_bytes(b"not a sparse extent header" * 200)
+    toolkit("init")
+    assert toolkit("snapshot", str(tmp_path / "ds1")).exit_code == 0
+    r = toolkit("--json", "verify", "--drill", "--all")
+    import json
+
+    out = json.loads(r.stdout)
+    assert r.exit_code == 1
+    assert "qemu-img check failed" in " ".join(out["results"][0]["problems"])
+    assert toolkit.json("verify", "--history")["runs"][0]["ok"] is False
