@@ -8,6 +8,7 @@ readers (verify, restore) see committed state while a snapshot writes.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -108,6 +109,9 @@ class Index:
             if readonly:
                 conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
             else:
+                if not path.exists():
+                    # SQLite gives the -wal and -shm files the database's mode: create it private.
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 conn = sqlite3.connect(path, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 30000")
             if not readonly:

@@ -49,6 +49,12 @@ SNAPSHOT_FORMAT: Final = "appstack-toolkit-snapshot"
 DIRS: Final = ("packs", "snapshots", "locks", "tmp")
 
 
+class OwnedByOther(Error):
+    template = "{path} belongs to user id {uid}, not to the user running this command"
+    hint = "run as the repository's owner, or pass --allow-other-owner if that is intended"
+    code = "owned_by_other"
+
+
 class BadChunkSize(Error):
     template = "chunk size {size} is not a power of two between 64 KiB and 4 MiB"
     code = "bad_chunk_size"
@@ -141,8 +147,11 @@ class Repository:
         return cls(root, config, Index(root / "catalog.db"))
 
     @classmethod
-    def open(cls, root: Path, *, readonly: bool = False) -> Repository:
+    def open(cls, root: Path, *, readonly: bool = False, allow_other_owner: bool = False) -> Repository:
         config = read_config(root)
+        owner = root.stat().st_uid
+        if owner != os.getuid() and not allow_other_owner:
+            raise OwnedByOther(path=root, uid=owner)
         db = root / "catalog.db"
         if readonly and not db.exists():
             readonly = False  # a missing catalog is rebuilt below

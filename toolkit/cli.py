@@ -50,6 +50,7 @@ class Ctx:
     quiet: bool
     config_path: Path | None = None
     config_explicit: bool = False
+    allow_other_owner: bool = False
     _config: Config | None = None
 
     def config(self, *, required: bool = True) -> Config | None:
@@ -69,7 +70,7 @@ class Ctx:
 
     @contextlib.contextmanager
     def open(self, *, readonly: bool = True) -> Iterator[Repository]:
-        repo = Repository.open(self.repo(), readonly=readonly)
+        repo = Repository.open(self.repo(), readonly=readonly, allow_other_owner=self.allow_other_owner)
         try:
             yield repo
         finally:
@@ -93,11 +94,25 @@ def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
         ctx.ensure_object(Ctx).json = True
 
 
+def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(Ctx).quiet = True
+
+
 def pass_ctx(f: Any) -> Any:
-    """Pass the Ctx, and accept --json after the command name too."""
+    """Pass the Ctx, and accept --json and -q after the command name too."""
+    f = click.option(
+        "-q",
+        "--quiet",
+        "quiet_after",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_quiet,
+        help="No progress output.",
+    )(_pass_ctx(f))
     return click.option(
         "--json", "json_after", is_flag=True, expose_value=False, callback=_set_json, help="Print one JSON document."
-    )(_pass_ctx(f))
+    )(f)
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:
@@ -123,12 +138,19 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     help="Configuration file (or TOOLKIT_CONFIG; default ~/.config/appstack-toolkit/config.toml).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of a table.")
+@click.option("--allow-other-owner", is_flag=True, help="Use a repository that belongs to another user.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or log lines on stderr.")
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
 @click.version_option(__version__, prog_name="toolkit")
 @click.pass_context
 def cli(
-    ctx: click.Context, repo: Path | None, config_path: Path | None, as_json: bool, quiet: bool, verbose: int
+    ctx: click.Context,
+    repo: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+    allow_other_owner: bool,
+    quiet: bool,
+    verbose: int,
 ) -> None:
     """Restore-first backup, verification and recovery for App Volumes volumes.
 
@@ -141,7 +163,7 @@ def cli(
     """
     level = logging.WARNING - 10 * verbose if not quiet else logging.ERROR
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(message)s", stream=sys.stderr)
-    ctx.obj = Ctx(repo, as_json, quiet, config_path, config_path is not None)
+    ctx.obj = Ctx(repo, as_json, quiet, config_path, config_path is not None, allow_other_owner)
 
 
 @cli.command()

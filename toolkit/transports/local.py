@@ -13,6 +13,7 @@ from catalog.store import fsync_dir
 from toolkit.transports.base import FileInfo, ReadAt, WriteAt
 
 PARTIAL_SUFFIX = ".toolkit-partial"  # in-progress restores; never a final name
+RESTORED_FILE_MODE = 0o644  # then narrowed by the process umask
 
 
 class UnsafePath(Error):
@@ -45,6 +46,13 @@ class LocalTransport:
 
     def _abs(self, path: str) -> Path:
         return self.root.joinpath(*safe_relpath(path).parts)
+
+    def _check_inside(self, path: str, final: Path) -> None:
+        existing = final.parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.resolve().is_relative_to(self.root.resolve()) or final.is_symlink():
+            raise UnsafePath(path=path)
 
     def walk(self) -> Iterator[FileInfo]:
         if not self.root.is_dir():
@@ -89,9 +97,14 @@ class LocalTransport:
     @contextlib.contextmanager
     def open_write(self, path: str, size: int, mtime_ns: int) -> Iterator[WriteAt]:
         final = self._abs(path)
+        self.root.mkdir(parents=True, exist_ok=True)
+        # A symlink inside the destination must not lead the write (or a new directory) elsewhere.
+        self._check_inside(path, final)
         final.parent.mkdir(parents=True, exist_ok=True)
+        self._check_inside(path, final)
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Restored disks are read by hypervisors (often as another user over NFS): not private like the repository.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, RESTORED_FILE_MODE)
         try:
             os.ftruncate(fd, size)  # holes stay holes: only non-zero chunks are written
 
