@@ -433,9 +433,10 @@ class PyvmomiClient:
             return DatastoreFileNotFound(path=getattr(fault, "file", "") or "?", action=action)
         if isinstance(fault, vim.fault.FileAlreadyExists):
             return DatastoreFileExists(path=getattr(fault, "file", "") or "?", action=action)
-        if isinstance(fault, (vim.fault.InvalidDatastore, vim.fault.InvalidDatastorePath)):
-            name = getattr(fault, "name", None) or getattr(fault, "datastorePath", None) or detail
-            return VsphereDatastoreNotFound(datacenter=self._dc_path, name=str(name))
+        if isinstance(fault, vim.fault.InvalidDatastorePath):
+            return VsphereBadDatastorePath(path=getattr(fault, "datastorePath", None) or detail)
+        if isinstance(fault, vim.fault.InvalidDatastore):
+            return VsphereDatastoreNotFound(datacenter=self._dc_path, name=getattr(fault, "name", None) or detail)
         return VsphereTaskFailed(action=action, detail=detail)
 
     def _wait(self, task: Any, action: str, timeout_s: float = TASK_TIMEOUT_S) -> Any:

@@ -16,7 +16,7 @@ from toolkit.lab.corpus import make_volume
 
 from ..conftest import Toolkit, run_toolkit
 
-SECRET = "Planted-S3cret-4f9c2e"
+SECRET = "Planted-S3cret-4f9c2e"  # noqa: S105 (a test secret that must never leak)
 
 
 @pytest.mark.lab

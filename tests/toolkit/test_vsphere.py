@@ -14,11 +14,13 @@ import pytest
 from toolkit.lab.avm_sim.tls import Certificate, create_certificate
 from toolkit.lab.corpus import make_volume
 from toolkit.lab.vcsim import VcsimServer
-from toolkit.transports.datastore_http import DatastoreHttpTransport
+from toolkit.transports.datastore_http import DatastoreHttpTransport, http_session
 from toolkit.vsphere import (
     DatastoreFileExists,
     DatastoreFileNotFound,
+    HttpEndpoint,
     PyvmomiClient,
+    TlsPolicy,
     VsphereBadDatastorePath,
     VsphereCertificateMismatch,
     VsphereConfig,
@@ -313,6 +315,20 @@ def test_tls_with_another_thumbprint_is_refused(
         connect(_config(vcsim_server, url=relay.url, thumbprint_sha256=wrong))
     assert caught.value.fields["actual"] == cert.thumbprint_sha256
     assert caught.value.exit_code == 2
+
+
+def test_datastore_http_enforces_the_pin_on_its_own_connections(
+    vcsim_server: VcsimServer, tls_relay: tuple[TlsRelay, Certificate]
+) -> None:
+    relay, cert = tls_relay
+    (vcsim_server.datastores["ds1"] / "f.bin").write_bytes(b"data")
+    with connect(_config(vcsim_server, url=relay.url, ca_bundle=cert.cert_path)) as c:
+        wrong = HttpEndpoint(c.http.base_url, c.http.dc_path, TlsPolicy(thumbprint_sha256="0" * 64))
+        transport = DatastoreHttpTransport(c, "ds1", session=http_session(wrong))
+        with pytest.raises(VsphereTlsFailed, match=r"(?i)fingerprint"):  # at once: a certificate is not retried
+            transport.read_small("f.bin", 4)
+        with pytest.raises(VsphereTlsFailed), transport.open_read("f.bin"):
+            pass
 
 
 def test_tls_is_verified_by_default(vcsim_server: VcsimServer, tls_relay: tuple[TlsRelay, Certificate]) -> None:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final, Protocol, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3
@@ -54,6 +54,8 @@ from toolkit.vsphere import (
     DatastoreFileNotFound,
     DatastoreInfo,
     HttpEndpoint,
+    VsphereDatastoreNotFound,
+    VsphereTlsFailed,
     format_datastore_path,
 )
 
@@ -274,10 +276,24 @@ class DatastoreHttpTransport:
         self.read_ahead_bytes = read_ahead_bytes
         self._cookie_lock = threading.Lock()
         self._cookie = ""
-        self._is_vsan: bool | None = None
+        self._info: DatastoreInfo | None = None
 
     def describe(self) -> str:
-        return f"[{self.datastore}] via {self.base_url}/folder (dcPath={self.dc_path})"
+        """The datastore and where vCenter says it lives; a file's path can be appended after a "/"."""
+        host = urlsplit(self.base_url).netloc
+        with contextlib.suppress(Error):
+            info = self._datastore_info()
+            if info.url:
+                return f"datastore {self.datastore} via {host}: {info.url.rstrip('/')}"
+        return f"datastore {self.datastore} via {host}: [{self.datastore}]"
+
+    def _datastore_info(self) -> DatastoreInfo:
+        if self._info is None:
+            found = {d.name: d for d in self.client.datastores()}
+            if self.datastore not in found:
+                raise VsphereDatastoreNotFound(datacenter=self.dc_path, name=self.datastore)
+            self._info = found[self.datastore]
+        return self._info
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -299,13 +315,14 @@ class DatastoreHttpTransport:
                 self._cookie = self.client.session_cookie(renew=True)
             return self._cookie
 
-    def _fresh_cookie(self) -> None:
-        """Make sure the session is alive now (one SOAP call), logging in again if it ended."""
-        with self._cookie_lock:
-            self._cookie = self.client.session_cookie(renew=True)
-
     def _send(
-        self, method: str, path: str, headers: dict[str, str] | None = None, *, stream: bool = False
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        *,
+        stream: bool = False,
+        data: bytes | None = None,
     ) -> requests.Response:
         """One request with the session cookie; a 401 renews the session and tries once more."""
         cookie = self._cookie_header()
@@ -315,6 +332,7 @@ class DatastoreHttpTransport:
                 self._url(path),
                 params=self._params(),
                 headers={**(headers or {}), "Cookie": cookie},
+                data=data,
                 stream=stream,
                 timeout=self.timeout_s,
                 allow_redirects=False,
@@ -334,12 +352,17 @@ class DatastoreHttpTransport:
             raise _TransientStatus(r.status_code)
         return r
 
+    def _read_failure(self, path: str, offset: int, attempts: int, exc: BaseException) -> Error:
+        """The error for a read that will not be tried again."""
+        if isinstance(exc, (requests.exceptions.SSLError, urllib3.exceptions.SSLError)):
+            return VsphereTlsFailed(url=self.base_url, detail=str(exc))
+        detail = str(exc) or type(exc).__name__
+        return DatastoreReadFailed(where=self._where(path), offset=offset, attempts=attempts, detail=detail)
+
     def _retrying(self, path: str, offset: int, attempt: int, exc: BaseException) -> None:
         """Sleep before attempt ``attempt + 1``, or raise once the attempts are used up."""
-        if attempt >= READ_ATTEMPTS:
-            raise DatastoreReadFailed(
-                where=self._where(path), offset=offset, attempts=attempt, detail=str(exc) or type(exc).__name__
-            ) from exc
+        if attempt >= READ_ATTEMPTS or not _transient(exc):
+            raise self._read_failure(path, offset, attempt, exc) from exc
         delay = self.backoff_s[min(attempt - 1, len(self.backoff_s) - 1)]
         log.info("%s: %s at offset %d; retrying in %.1f s", self._where(path), exc, offset, delay)
         time.sleep(delay)
@@ -391,8 +414,6 @@ class DatastoreHttpTransport:
             try:
                 self._send("HEAD", path).close()
             except _RETRYABLE as exc:
-                if not _transient(exc):
-                    raise DatastoreReadFailed(where=self._where(path), offset=0, attempts=1, detail=str(exc)) from exc
                 attempt += 1
                 self._retrying(path, 0, attempt, exc)
             else:
@@ -410,10 +431,6 @@ class DatastoreHttpTransport:
             try:
                 eof = self._fill(path, start, offset + size - 1, buf, size)
             except _RETRYABLE as exc:
-                if not _transient(exc):
-                    raise DatastoreReadFailed(
-                        where=self._where(path), offset=start, attempts=attempt + 1, detail=str(exc)
-                    ) from exc
                 attempt += 1
                 self._retrying(path, start, attempt, exc)
         return bytes(buf)
@@ -460,9 +477,7 @@ class DatastoreHttpTransport:
     # -- writing ------------------------------------------------------------------------------
 
     def _check_writable(self, path: str) -> None:
-        if self._is_vsan is None:
-            self._is_vsan = any(d.name == self.datastore and d.is_vsan for d in self.client.datastores())
-        if self._is_vsan:
+        if self._datastore_info().is_vsan:
             raise DatastoreVsanWrite(where=self._where(path), datastore=self.datastore)
 
     @contextlib.contextmanager
@@ -477,19 +492,39 @@ class DatastoreHttpTransport:
         tmp = (PurePosixPath(folder) / partial_name(rel.name)).as_posix() if folder else partial_name(rel.name)
         if folder:
             self.client.make_directory(self._where(folder))
-        self._fresh_cookie()  # a session that ends during the PUT cannot be renewed without sending it again
-        upload = _Upload(self, tmp, size, self.spool_dir)
+        upload: _Upload | None = None
         try:
+            self._claim(tmp)
+            upload = _Upload(self, tmp, size, self.spool_dir)
             yield upload.write_at
             upload.finish()
             self._check_uploaded(tmp, size)
             self.client.move_file(self._where(tmp), self._where(path), overwrite=True)
         except BaseException:
-            upload.abort()
+            if upload is not None:
+                upload.abort()
             self._discard(tmp)
             raise
         finally:
-            upload.close()
+            if upload is not None:
+                upload.close()
+
+    def _claim(self, tmp: str) -> None:
+        """Create the partial file empty: it proves the session and the privileges before any data flows."""
+        attempt = 0
+        while True:
+            try:
+                r = self._send("PUT", tmp, {"Content-Type": "application/octet-stream"}, data=b"")
+                r.close()
+                if r.status_code not in (200, 201, 204):
+                    raise DatastoreHttpBadResponse(method="PUT", where=self._where(tmp), detail=f"HTTP {r.status_code}")
+            except _RETRYABLE as exc:
+                attempt += 1
+                if attempt >= PUT_ATTEMPTS or not _transient(exc):
+                    raise _Upload.error_of(self, tmp, exc) from exc
+                time.sleep(self.backoff_s[min(attempt - 1, len(self.backoff_s) - 1)])
+            else:
+                return
 
     def _check_uploaded(self, tmp: str, size: int) -> None:
         """The server must hold every byte before the file is put in place."""
@@ -636,9 +671,16 @@ class _Upload:
             raise self._upload_error(self._outcome.error)
 
     def _upload_error(self, exc: BaseException) -> Error:
+        return self.error_of(self.transport, self.path, exc)
+
+    @staticmethod
+    def error_of(transport: DatastoreHttpTransport, path: str, exc: BaseException) -> Error:
+        """The error to report for an upload that will not be tried again."""
         if isinstance(exc, Error):
             return exc
-        return DatastoreUploadFailed(where=self.transport._where(self.path), detail=str(exc) or type(exc).__name__)
+        if isinstance(exc, (requests.exceptions.SSLError, urllib3.exceptions.SSLError)):
+            return VsphereTlsFailed(url=transport.base_url, detail=str(exc))
+        return DatastoreUploadFailed(where=transport._where(path), detail=str(exc) or type(exc).__name__)
 
     def _zeros(self, until: int) -> None:
         while self.position < until:
@@ -741,8 +783,6 @@ class _StreamReader:
             try:
                 self._open(0)
             except _RETRYABLE as exc:
-                if not _transient(exc):
-                    raise self._failed(0, attempt + 1, exc) from exc
                 attempt += 1
                 self.transport._retrying(self.path, 0, attempt, exc)
             else:
@@ -753,10 +793,6 @@ class _StreamReader:
             self._drop_response()
             self._ahead.clear()
             self._ahead_bytes = 0
-
-    def _failed(self, offset: int, attempts: int, exc: BaseException) -> Error:
-        where = self.transport._where(self.path)
-        return DatastoreReadFailed(where=where, offset=offset, attempts=attempts, detail=str(exc) or type(exc).__name__)
 
     def _drop_response(self) -> None:
         if self._response is not None:
@@ -817,8 +853,6 @@ class _StreamReader:
                 self._position += len(piece)
             except _RETRYABLE as exc:
                 self._drop_response()
-                if not _transient(exc):
-                    raise self._failed(self._position, attempt + 1, exc) from exc
                 attempt += 1
                 self.transport._retrying(self.path, self._position, attempt, exc)
         return bytes(buf)
