@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     stored_size INTEGER NOT NULL, raw_size INTEGER NOT NULL, codec INTEGER NOT NULL, sha256 BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunks_pack ON chunks(pack_id);
+CREATE INDEX IF NOT EXISTS chunks_sha256 ON chunks(sha256);
 CREATE TABLE IF NOT EXISTS manifests (
     id BLOB PRIMARY KEY, file_size INTEGER NOT NULL, chunk_count INTEGER NOT NULL, hole_count INTEGER NOT NULL
 ) WITHOUT ROWID;
@@ -139,6 +140,14 @@ class Index:
         with self._lock:
             row = self.conn.execute("SELECT sha256 FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
         return None if row is None else bytes(row[0])
+
+    def chunk_by_sha256(self, sha256: bytes, raw_size: int) -> ChunkId | None:
+        """The id of a stored data chunk with this SHA-256 (what a host that only has hashlib computes)."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT id FROM chunks WHERE sha256 = ? AND raw_size = ? AND type = 0 LIMIT 1", (sha256, raw_size)
+            ).fetchone()
+        return None if row is None else ChunkId(bytes(row[0]))
 
     def locate(self, chunk_id: ChunkId) -> ChunkLocation | None:
         with self._lock:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +89,7 @@ class Ingester:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest")
         self.inflight = max(4, workers * 3)
         self._pending: dict[bytes, bytes] = {}  # chunk id -> sha256 of chunks stored in this session
+        self._pending_by_sha: dict[bytes, ChunkId] = {}
         self._pending_lock = threading.Lock()
 
     def close(self) -> None:
@@ -121,6 +122,7 @@ class Ingester:
             if chunk.chunk_id in self._pending:
                 return
             self._pending[chunk.chunk_id] = chunk.sha256
+            self._pending_by_sha[chunk.sha256] = chunk.chunk_id
         self.writer.add(chunk.chunk_id, TYPE_DATA, chunk.codec, chunk.raw_size, chunk.sha256, chunk.stored)
         stats.new_chunks += 1
         stats.new_raw_bytes += chunk.raw_size
@@ -158,6 +160,57 @@ class Ingester:
                 fut.cancel()
         manifest_id = self.put_manifest(size, ids)
         return FileResult(manifest_id, digest.hexdigest(), size, stats)
+
+    def ingest_hashed(
+        self,
+        size: int,
+        sha256s: Sequence[bytes | None],
+        fetch: Callable[[Sequence[int]], Iterable[tuple[int, bytes, int]]],
+        path: str = "",
+    ) -> tuple[FileResult, int]:
+        """Store a file known by its per-block SHA-256s (None: all-zero), fetching only unknown blocks.
+
+        Returns the result and the bytes ``fetch`` reported as transferred. Fetched
+        blocks are checked against the SHA-256 the host announced.
+        """
+        stats = IngestStats(files=1)
+        digest = FileDigest()
+        ids: list[bytes] = [b""] * len(sha256s)
+        by_sha: dict[bytes, bytes] = {}  # sha256 -> chunk id, within this file
+        missing: list[tuple[int, bytes]] = []
+        for i, sha in enumerate(sha256s):
+            length = min(self.chunk_size, size - i * self.chunk_size)
+            digest.add_block_sha256(sha if sha is not None else zero_sha256(length))
+            stats.chunks += 1
+            if sha is None:
+                ids[i] = HOLE_ID
+                stats.holes += 1
+                continue
+            known = by_sha.get(sha) or self._pending_by_sha.get(sha) or self.index.chunk_by_sha256(sha, length)
+            if known is not None:
+                ids[i] = known
+                by_sha[sha] = known
+            else:
+                missing.append((i, sha))
+        wire = 0
+        first: dict[bytes, int] = {}
+        for i, sha in missing:
+            first.setdefault(sha, i)
+        wanted = sorted(first.values())
+        for i, raw, cost in fetch(wanted):
+            wire += cost
+            sha = sha256s[i]
+            if sha is None or hashlib.sha256(raw).digest() != sha:
+                raise ShortRead(path=path, expected=len(raw), offset=i * self.chunk_size, got=len(raw))
+            stats.read_bytes += len(raw)
+            cid = chunk_id_of(raw)
+            codec, stored = self.compressor.compress(raw)
+            self._store(_Chunk(cid, sha, len(raw), codec, stored), stats)
+            by_sha[sha] = cid
+        for i, sha in missing:
+            ids[i] = by_sha[sha]
+        manifest_id = self.put_manifest(size, ids)
+        return FileResult(manifest_id, digest.hexdigest(), size, stats), wire
 
     def put_manifest(self, size: int, ids: list[bytes]) -> ChunkId:
         blob = encode_manifest(self.chunk_size, size, ids)
