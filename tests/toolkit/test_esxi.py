@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from catalog.repo import Repository
 from catalog.ingest import Ingester
+from catalog.repo import Repository
 from catalog.store import Compressor, PackWriter
 from toolkit.esxi import helper_command, read_block_hashes, request_blocks
 
@@ -62,8 +62,9 @@ def test_only_missing_blocks_cross_and_zero_blocks_never_do(sshd_server, tmp_pat
     second, wire2 = capture()
     assert wire2 < 0.05 * len(changed)
     assert second.stats.new_chunks == 1
-    from catalog.assemble import load_manifest, restore_file
     from concurrent.futures import ThreadPoolExecutor
+
+    from catalog.assemble import load_manifest, restore_file
 
     out = bytearray(len(changed))
 
