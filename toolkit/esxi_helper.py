@@ -15,6 +15,7 @@ import zlib
 
 
 def main(path, chunk_size):
+    # type: (str, int) -> None
     out = sys.stdout.buffer
     inp = sys.stdin.buffer
     with open(path, "rb") as f:

@@ -3,17 +3,25 @@
 - Listing and ``stat`` use the datastore browser (``SearchDatastore*_Task``
   through :class:`toolkit.vsphere.VsphereClient`), never HTML pages, so walk and
   stat report the same size and mtime for a file.
-- Reads are ``GET /folder/<path>?dcPath=<dc>&dsName=<ds>`` with ``Range``: one
-  ranged request per ``read_at`` call, on a pool of kept-alive connections, so
-  several threads read at once and memory stays at one chunk per caller. A
-  connection that drops mid-body is resumed with a ``Range`` from the last byte
-  received, after a short backoff, a few times; then :class:`DatastoreReadFailed`.
-- Writes are one ``PUT`` (the protocol has no offsets and no resume). The body
-  is streamed from the sequential ``write_at`` calls through a bounded queue;
-  gaps are sent as zeros, so a thin extent arrives fully allocated. The PUT
-  goes to ``.<name>.<random>.toolkit-partial`` beside the target; when it
-  succeeded and the server reports the full size, ``MoveDatastoreFile_Task``
-  renames it into place. On an exception the partial file is deleted.
+- Reads are ``GET /folder/<path>?dcPath=<dc>&dsName=<ds>`` with ``Range``.
+  ``open_read`` keeps one streaming GET per file and serves the ``read_at``
+  calls at or just past its position from it; bytes a caller skips over are
+  kept (at most ``read_ahead_bytes``) for the callers on other threads that
+  asked for them a moment earlier. Any other offset gets its own ranged GET.
+  With 1 MiB chunks from two threads the stream was about 1.6 times as fast as
+  one ranged GET per chunk on loopback against vcsim, where each request also
+  costs a session check; ``read_ahead_bytes=0`` gives ranged GETs only. A
+  connection that drops mid-body is resumed with a ``Range`` from the last
+  byte received, after a short backoff, a few times; then
+  :class:`DatastoreReadFailed`.
+- Writes go to ``.<name>.<random>.toolkit-partial`` beside the target. An
+  empty ``PUT`` first claims that name, which also proves the session and the
+  privileges before any data flows. The data is then one ``PUT`` (the protocol
+  has no offsets and no resume) whose body is streamed from the sequential
+  ``write_at`` calls through a bounded queue; gaps are sent as zeros, so a
+  thin extent arrives fully allocated. When the PUT succeeded and the browser
+  reports the full size, ``MoveDatastoreFile_Task`` renames the file into
+  place. On an exception the partial file is deleted.
 - A failed PUT can only be sent again whole. With ``spool_dir`` the written
   bytes are also kept in a sparse local file, and a failed PUT is retried from
   it (bounded attempts); without it a failed PUT fails the file, and the
