@@ -37,10 +37,35 @@ def manager_client(m: ManagerConfig) -> AvmClient:
     )
 
 
+def vcenter_client(site: SiteConfig, stack: ExitStack) -> Any:
+    """One logged-in vCenter client per site and ExitStack (closed with it)."""
+    from toolkit.vsphere import VsphereConfig, connect
+
+    cache: dict[str, Any] = stack.__dict__.setdefault("_toolkit_vcenters", {})
+    if site.name not in cache:
+        if site.vcenter is None:
+            raise UnknownSource(name=f"{site.name} (no [vcenter] configured)")
+        vc = site.vcenter
+        client = connect(
+            VsphereConfig(vc.url, vc.user, vc.password.get(), vc.datacenter, vc.tls.ca_bundle, vc.tls.thumbprint_sha256)
+        )
+        stack.callback(client.close)
+        cache[site.name] = client
+    return cache[site.name]
+
+
 def open_transport(site: SiteConfig, ds: DatastoreConfig, stack: ExitStack) -> Transport:
     """A transport for one configured datastore; closed when ``stack`` closes."""
     if ds.transport == "local":
         return LocalTransport(Path(ds.path))
+    if ds.transport == "http":
+        from toolkit.transports.datastore_http import DatastoreHttpTransport
+
+        return DatastoreHttpTransport(vcenter_client(site, stack), ds.name)
+    return open_sftp(site, ds, stack)
+
+
+def open_sftp(site: SiteConfig, ds: DatastoreConfig, stack: ExitStack) -> Transport:
     raise UnknownSource(name=f"{site.name}/{ds.name} (transport {ds.transport} is not available in this build)")
 
 
@@ -78,13 +103,18 @@ def configured_sources(config: Config, names: list[str], stack: ExitStack, warn:
     for site, stores in wanted:
         managed = managed_by_datastore(site, warn)
         for ds in stores:
+            try:
+                transport = open_transport(site, ds, stack)
+            except Error as exc:
+                warn(f"datastore {ds.name} could not be opened: {exc}")
+                continue
             extra: dict[str, Any] = {}
             if managed is not None:
                 extra["managed"] = managed.get(ds.name, {})
             sources.append(
                 Source(
                     ds.name,
-                    open_transport(site, ds, stack),
+                    transport,
                     site=site.name,
                     include=site.include,
                     exclude=site.exclude,
