@@ -259,12 +259,61 @@ class Repository:
         if hashlib.sha256(data).hexdigest() != snap_id:
             raise SnapshotDocumentCorrupt(path=path, detail="content does not match its name")
         try:
-            doc: dict[str, Any] = json.loads(data)
-        except ValueError as exc:
+            doc = json.loads(data)
+        except (ValueError, RecursionError) as exc:
             raise SnapshotDocumentCorrupt(path=path, detail="not JSON") from exc
-        if doc.get("format") != SNAPSHOT_FORMAT:
+        if not isinstance(doc, dict) or doc.get("format") != SNAPSHOT_FORMAT:
             raise SnapshotDocumentCorrupt(path=path, detail="not a snapshot document")
+        check_snapshot_doc(path, doc)
         return doc
+
+
+_VOLUME_FIELDS: Final[dict[str, type]] = {
+    "key": str,
+    "datastore": str,
+    "path": str,
+    "name": str,
+    "kind": str,
+    "state": str,
+}
+_FILE_FIELDS: Final[dict[str, type]] = {
+    "path": str,
+    "role": str,
+    "size": int,
+    "mtime_ns": int,
+    "manifest": str,
+    "digest": str,
+}
+
+
+def check_snapshot_doc(path: Path, doc: dict[str, Any]) -> None:
+    """Refuse a document whose fields do not have the documented types (docs/format.md §5)."""
+
+    def bad(detail: str) -> SnapshotDocumentCorrupt:
+        return SnapshotDocumentCorrupt(path=path, detail=detail)
+
+    if not isinstance(doc.get("created_at"), str) or not isinstance(doc.get("volumes"), list):
+        raise bad("created_at or volumes missing")
+    if not isinstance(doc.get("hostname"), str) or not isinstance(doc.get("sources"), list):
+        raise bad("hostname or sources missing")
+    if not isinstance(doc.get("stats"), dict):
+        raise bad("stats is not an object")
+    for vol in doc["volumes"]:
+        if not isinstance(vol, dict) or not isinstance(vol.get("files"), list):
+            raise bad("a volume entry is malformed")
+        for key, kind in _VOLUME_FIELDS.items():
+            if not isinstance(vol.get(key), kind):
+                raise bad(f"volume field {key} is missing or not a {kind.__name__}")
+        for f in vol["files"]:
+            if not isinstance(f, dict):
+                raise bad("a file entry is malformed")
+            for key, kind in _FILE_FIELDS.items():
+                if not isinstance(f.get(key), kind) or isinstance(f.get(key), bool):
+                    raise bad(f"file field {key} is missing or not a {kind.__name__}")
+            try:
+                bytes.fromhex(f["manifest"])
+            except ValueError:
+                raise bad("a manifest id is not hex") from None
 
 
 def read_config(root: Path) -> RepoConfig:

@@ -10,8 +10,9 @@ import errno
 import os
 import threading
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
@@ -94,25 +95,33 @@ class PackWriter:
     """Appends records to one open pack at a time; seals it when it is big enough.
 
     ``on_seal(pack_id, size, entries)`` is called after the pack is durable
-    under its final name (the caller records it in the catalog).
+    under its final name (the caller records it in the catalog). Sealing (fsync,
+    rename, directory fsync, ``on_seal``) runs on a background thread so writing
+    goes on meanwhile; at most ``MAX_SEALING`` packs wait for it. :meth:`seal`
+    returns only when every pack written so far is sealed.
     """
+
+    MAX_SEALING: Final = 2
 
     def __init__(
         self,
         root: Path,
         on_seal: Callable[[PackId, int, list[PackEntry]], None],
         target_bytes: int = DEFAULT_PACK_TARGET_BYTES,
+        *,
+        background: bool = True,
     ) -> None:
         self.root = root
         self.target_bytes = target_bytes
         self.on_seal = on_seal
-        self._file: object | None = None
         self._fd = -1
         self._tmp: Path | None = None
         self._hash = xxhash.xxh3_128()
         self._entries: list[PackEntry] = []
         self._size = 0
         self.sealed_bytes = 0
+        self._sealer = ThreadPoolExecutor(1, thread_name_prefix="seal") if background else None
+        self._sealing: deque[Future[None]] = deque()
 
     def _open(self) -> None:
         tmp_dir = self.root / "tmp"
@@ -144,41 +153,56 @@ class PackWriter:
 
     def add(self, chunk_id: ChunkId, type_: int, codec: int, raw_size: int, sha256: bytes, stored: bytes) -> None:
         if self._fd < 0:
+            self._wait(self.MAX_SEALING)  # also surfaces a failed background seal
             self._open()
         entry = PackEntry(chunk_id, type_, codec, raw_size, len(stored), self._size + pack.RECORD_HEADER_SIZE, sha256)
         self._write(pack.encode_record_header(entry))
         self._write(stored)
         self._entries.append(entry)
         if self._size >= self.target_bytes:
-            self.seal()
+            self._finish()
 
-    def seal(self) -> None:
-        """Finish the open pack: trailer, fsync, rename, fsync the directory."""
+    def _finish(self) -> None:
+        """Write the trailer and hand the pack to the sealer."""
         if self._fd < 0 or self._tmp is None:
             return
         self._write(pack.encode_trailer(self._entries, self._size))
+        job = (self._fd, self._tmp, PackId(self._hash.hexdigest()), self._entries, self._size)
+        self._fd, self._tmp, self._entries, self._size = -1, None, [], 0
+        if self._sealer is None:
+            self._make_durable(*job)
+        else:
+            self._sealing.append(self._sealer.submit(self._make_durable, *job))
+
+    def _make_durable(self, fd: int, tmp: Path, pack_id: PackId, entries: list[PackEntry], size: int) -> None:
         try:
-            os.fsync(self._fd)
+            os.fsync(fd)
         except OSError as exc:
-            path = str(self._tmp)
-            self.abort()
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
             if _is_disk_full(exc):
-                raise StoreFull(path=path) from exc
+                raise StoreFull(path=str(tmp)) from exc
             raise
-        os.close(self._fd)
-        self._fd = -1
-        pack_id = PackId(self._hash.hexdigest())
+        os.close(fd)
         final = pack_path(self.root, pack_id)
         final.parent.mkdir(mode=0o700, exist_ok=True)
-        self._tmp.replace(final)
+        tmp.replace(final)
         fsync_dir(final.parent)
-        entries, size = self._entries, self._size
-        self._entries, self._tmp, self._size = [], None, 0
         self.sealed_bytes += size
         self.on_seal(pack_id, size, entries)
 
+    def _wait(self, keep: int = 0) -> None:
+        """Wait until at most ``keep`` packs are still being sealed; re-raise a seal's error."""
+        while len(self._sealing) > keep:
+            self._sealing.popleft().result()
+
+    def seal(self) -> None:
+        """Finish the open pack and wait until every pack written so far is durable and recorded."""
+        self._finish()
+        self._wait()
+
     def abort(self) -> None:
-        """Drop the open pack (nothing in it was recorded anywhere)."""
+        """Drop the open pack (nothing in it was recorded anywhere); packs already handed over complete."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -186,6 +210,14 @@ class PackWriter:
             self._tmp.unlink(missing_ok=True)
             self._tmp = None
         self._entries, self._size = [], 0
+        while self._sealing:
+            fut = self._sealing.popleft()
+            if fut.exception() is not None:
+                continue  # that pack never became visible; nothing to undo
+
+    def close(self) -> None:
+        if self._sealer is not None:
+            self._sealer.shutdown(wait=True)
 
 
 class PackReader:

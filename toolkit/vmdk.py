@@ -16,8 +16,8 @@ SPARSE_MAGIC: Final = b"KDMV"  # monolithicSparse / streamOptimized: one self-co
 # Extent and helper files that belong to a descriptor, never descriptors themselves.
 EXTENT_NAME: Final = re.compile(r"-(flat|delta|ctk|sesparse|rdm|rdmp|s\d{3}|f\d{3})\.vmdk$", re.IGNORECASE)
 EXTENT_LINE: Final = re.compile(
-    r"^\s*(RW|RDONLY|NOACCESS)\s+(\d+)\s+(FLAT|SPARSE|ZERO|VMFS|VMFSSPARSE|VMFSRDM|VMFSRAW|SESPARSE)"
-    r'(?:\s+"([^"]+)"(?:\s+(\d+))?)?\s*$',
+    r"^\s*(RW|RDONLY|NOACCESS)\s+(\d{1,19})\s+(FLAT|SPARSE|ZERO|VMFS|VMFSSPARSE|VMFSRDM|VMFSRAW|SESPARSE)"
+    r'(?:\s+"([^"]+)"(?:\s+(\d{1,19}))?)?\s*$',
     re.IGNORECASE,
 )
 ESCAPE: Final = re.compile(r"!([0-9A-Fa-f]{2})!")

@@ -25,7 +25,13 @@ class UnsafePath(Error):
 def safe_relpath(path: str) -> PurePosixPath:
     """A relative path with no '..', no root and no empty parts, or UnsafePath."""
     p = PurePosixPath(path)
-    if p.is_absolute() or not p.parts or any(part in ("..", ".", "") for part in p.parts) or "\\" in path:
+    if (
+        p.is_absolute()
+        or not p.parts
+        or any(part in ("..", ".", "") for part in p.parts)
+        or "\\" in path
+        or "\x00" in path
+    ):
         raise UnsafePath(path=path)
     return p
 
