@@ -38,11 +38,12 @@ class PlannedChunk:
 
 def plan(index: Index, manifest: Manifest) -> Iterator[PlannedChunk]:
     """Where each chunk of a file is stored; raises ChunkMissing for an unknown id."""
+    where = index.locate_many({c for c in manifest.chunk_ids if c != HOLE_ID})
     for offset, size, cid in manifest.entries():
         if cid == HOLE_ID:
             yield PlannedChunk(offset, size, None)
             continue
-        loc = index.locate(cid)
+        loc = where.get(cid)
         if loc is None:
             raise ChunkMissing(chunk_id=cid.hex())
         yield PlannedChunk(offset, size, loc)

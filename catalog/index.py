@@ -159,6 +159,24 @@ class Index:
             return None
         return ChunkLocation(chunk_id, PackId(row[0]), row[1], row[2], row[3], row[4], bytes(row[5]))
 
+    def locate_many(self, chunk_ids: Iterable[ChunkId]) -> dict[bytes, ChunkLocation]:
+        """Where each of these chunks is stored (ids the catalog lacks are absent)."""
+        ids = list(chunk_ids)
+        out: dict[bytes, ChunkLocation] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            sql = (  # the only interpolation is a run of "?" marks
+                "SELECT id, pack_id, offset, stored_size, raw_size, codec, sha256 FROM chunks "  # noqa: S608
+                f"WHERE id IN ({marks})"
+            )
+            with self._lock:
+                rows = self.conn.execute(sql, part).fetchall()
+            for r in rows:
+                cid = ChunkId(bytes(r[0]))
+                out[cid] = ChunkLocation(cid, PackId(r[1]), r[2], r[3], r[4], r[5], bytes(r[6]))
+        return out
+
     def add_pack(
         self, pack_id: PackId, size: int, entries: Iterable[PackEntry], added_at: str, *, replace: bool = False
     ) -> None:

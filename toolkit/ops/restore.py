@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from toolkit.transports.local import safe_relpath
 log = logging.getLogger(__name__)
 
 Event = Callable[[str, dict[str, Any]], None]
+STREAMS = 2  # volumes restored at once
 
 
 def parse_as_of(value: str, repo: Repository) -> str:
@@ -151,61 +153,76 @@ def restore(
     for note in notes:
         report.volumes.append({"key": note.split(":", 1)[0], "status": "not present", "reason": note.split(": ", 1)[1]})
     chunk_size = repo.config.chunk_size
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
-        for item in plan:
-            v = item.version
-            entry: dict[str, Any] = {
-                "key": v.volume_key,
-                "datastore": v.datastore,
-                "path": v.path,
-                "avm": v.avm,
-                "name": v.name,
-                "kind": v.kind,
-                "snapshot": v.snapshot_id,
-                "captured_at": v.created_at,
-                "size": sum(f.size for f in item.files),
-                "files": [f.path for f in item.files],
-                "note": item.note,
-            }
-            report.volumes.append(entry)
-            if dry_run:
-                entry["status"] = "planned"
-                emit("volume", entry)
-                continue
-            emit("volume_start", {"key": v.volume_key, "size": entry["size"]})
-            try:
-                in_place = 0
-                for f in item.files:
-                    safe_relpath(f.path)
-                    existing = dest.stat(f.path)
-                    if existing is not None:
-                        if existing.size == f.size and _digest_of(dest, f.path, f.size, chunk_size) == f.digest:
-                            in_place += 1
-                            emit("bytes", {"n": f.size})
-                            continue
-                        if protected and v.path in protected:
-                            raise DestinationInUse(path=f"{dest.describe()}/{v.path}", reason=protected[v.path])
-                        if not overwrite:
-                            raise DestinationExists(path=f"{dest.describe()}/{f.path}")
-                    dest.clean_partials(f.path)
-                    manifest = load_manifest(repo.index, repo.reader, f.manifest_id)
-                    with dest.open_write(f.path, f.size, f.mtime_ns) as write_at:
-                        got = restore_file(
-                            repo.index,
-                            repo.reader,
-                            manifest,
-                            write_at,
-                            pool=pool,
-                            progress=lambda n: emit("bytes", {"n": n}),
-                        )
-                        if got != f.digest:
-                            raise RestoredDigestMismatch(path=f.path, got=got, expected=f.digest)
+    lock = threading.Lock()
+
+    def one(item: PlannedVolume, entry: dict[str, Any], pool: ThreadPoolExecutor) -> None:
+        v = item.version
+        emit("volume_start", {"key": v.volume_key, "size": entry["size"]})
+        try:
+            in_place = 0
+            for f in item.files:
+                safe_relpath(f.path)
+                existing = dest.stat(f.path)
+                if existing is not None:
+                    if existing.size == f.size and _digest_of(dest, f.path, f.size, chunk_size) == f.digest:
+                        in_place += 1
+                        emit("bytes", {"n": f.size})
+                        continue
+                    if protected and v.path in protected:
+                        raise DestinationInUse(path=f"{dest.describe()}/{v.path}", reason=protected[v.path])
+                    if not overwrite:
+                        raise DestinationExists(path=f"{dest.describe()}/{f.path}")
+                dest.clean_partials(f.path)
+                manifest = load_manifest(repo.index, repo.reader, f.manifest_id)
+                with dest.open_write(f.path, f.size, f.mtime_ns) as write_at:
+                    got = restore_file(
+                        repo.index,
+                        repo.reader,
+                        manifest,
+                        write_at,
+                        pool=pool,
+                        progress=lambda n: emit("bytes", {"n": n}),
+                    )
+                    if got != f.digest:
+                        raise RestoredDigestMismatch(path=f.path, got=got, expected=f.digest)
+                with lock:
                     report.bytes_written += f.size
-                entry["status"] = "in place" if in_place == len(item.files) else "restored"
-            except Error as exc:
-                entry["status"] = "failed"
-                entry["error"] = str(exc)
+            entry["status"] = "in place" if in_place == len(item.files) else "restored"
+        except Error as exc:
+            entry["status"] = "failed"
+            entry["error"] = str(exc)
+        with lock:
             emit("volume", entry)
+
+    entries = []
+    for item in plan:
+        v = item.version
+        entry: dict[str, Any] = {
+            "key": v.volume_key,
+            "datastore": v.datastore,
+            "path": v.path,
+            "avm": v.avm,
+            "name": v.name,
+            "kind": v.kind,
+            "snapshot": v.snapshot_id,
+            "captured_at": v.created_at,
+            "size": sum(f.size for f in item.files),
+            "files": [f.path for f in item.files],
+            "note": item.note,
+        }
+        report.volumes.append(entry)
+        if dry_run:
+            entry["status"] = "planned"
+            emit("volume", entry)
+        else:
+            entries.append((item, entry))
+    # Two volumes at a time: one's final fsync overlaps the other's reading and writing.
+    with (
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool,
+        ThreadPoolExecutor(max_workers=STREAMS, thread_name_prefix="volume") as volumes,
+    ):
+        for fut in [volumes.submit(one, item, entry, pool) for item, entry in entries]:
+            fut.result()
     report.duration_s = time.monotonic() - started
     return report
 
