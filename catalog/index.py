@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import sqlite_utils
-
 from catalog.errors import CatalogCorrupt
 from catalog.types import ChunkId, ChunkLocation, PackEntry, PackId
 
@@ -129,7 +127,13 @@ class Index:
         except sqlite3.DatabaseError as exc:
             raise CatalogCorrupt(path=path, detail=str(exc)) from exc
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
+
+    @property
+    def db(self) -> Any:
+        """The catalog as a ``sqlite_utils.Database`` (imported on demand: it is slow to import)."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
 
     def close(self) -> None:
         self.conn.close()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,19 +22,19 @@ from catalog.errors import Error
 from catalog.lock import break_lock
 from catalog.repo import Repository
 from toolkit import __version__
-from toolkit.avm import AvmClient
 from toolkit.config import TEMPLATE, Config, default_config_path, load_config
 from toolkit.errors import SourceNotDirectory, SourceNotFound
-from toolkit.ops.register import NoManager, in_use
-from toolkit.ops.register import register as register_volumes
 from toolkit.ops.restore import parse_as_of, plan_restore
 from toolkit.ops.restore import restore as restore_job
 from toolkit.ops.snapshot import Source
 from toolkit.ops.snapshot import snapshot as snapshot_job
 from toolkit.progress import Progress, human_bytes
-from toolkit.sites import configured_sources, manager_client, open_transport
+from toolkit.runtime import tune_allocator
 from toolkit.transports.base import Transport
 from toolkit.transports.local import LocalTransport
+
+if TYPE_CHECKING:
+    from toolkit.avm import AvmClient
 
 
 class RepoMissing(Error):
@@ -198,6 +198,8 @@ def parse_size(text: str) -> int:
 
 def resolve_sources(c: Ctx, names: list[str], stack: contextlib.ExitStack, warn: Callable[[str], None]) -> list[Source]:
     """Directories become local sources; other names (or none) come from the configuration."""
+    from toolkit.sites import configured_sources
+
     local = [n for n in names if "=" in n or Path(n).expanduser().exists() or "/" in n]
     named = [n for n in names if n not in local]
     sources = [parse_source(n) for n in local]
@@ -219,6 +221,8 @@ class Destination:
 
 def resolve_destination(c: Ctx, dest: str, stack: contextlib.ExitStack) -> Destination:
     """A configured datastore (DS or SITE/DS) when one matches and no such directory exists; else a directory."""
+    from toolkit.sites import manager_client, open_transport
+
     path = Path(dest).expanduser()
     if not path.exists():
         config = c.config(required=False)
@@ -648,6 +652,9 @@ def restore(
       toolkit --repo /backup/appstacks restore --as-of 2026-11-20 --volume 'Office*' --to /mnt/restore --dry-run
       toolkit restore --as-of 2026-11-20T03:00 --volume 'Office 2016' --to dc1/appstacks-nfs --register
     """
+    from toolkit.ops.register import NoManager, in_use
+    from toolkit.ops.register import register as register_volumes
+
     stack = contextlib.ExitStack()
     target = resolve_destination(c, dest, stack)
     if register and target.manager is None:
@@ -913,6 +920,7 @@ class ConfigExists(Error):
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and turn errors into one line and an exit code."""
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
+    tune_allocator()
     try:
         cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
     except click.exceptions.Exit as exc:

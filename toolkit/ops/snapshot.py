@@ -8,16 +8,18 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from catalog.errors import Error, StoreFull
 from catalog.index import VersionRow
 from catalog.ingest import Ingester, IngestStats
 from catalog.repo import Repository, now_iso
 from catalog.store import Compressor, PackWriter
-from toolkit.avm import AvmVolume
 from toolkit.layout import FoundVolume, find_volumes
 from toolkit.transports.base import Transport
+
+if TYPE_CHECKING:
+    from toolkit.avm import AvmVolume
 
 log = logging.getLogger(__name__)
 
