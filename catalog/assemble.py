@@ -66,27 +66,30 @@ def restore_file(
     pool: ThreadPoolExecutor,
     inflight: int = 6,
     progress: Progress | None = None,
+    digest: bool = True,
 ) -> str:
     """Write every non-hole chunk through ``write_at`` in file order; return the digest of the bytes.
 
     Holes are not written (the caller sizes the file, so they stay sparse). Each
-    chunk is checked against its id when read, and hashed again for the digest.
+    chunk is checked against its id when read, and hashed again for the digest
+    (with ``digest=False`` it is not, and "" is returned: the caller digests
+    what landed instead).
     """
-    digest = FileDigest()
+    whole = FileDigest()
     queue: deque[tuple[PlannedChunk, Future[tuple[bytes, bytes]] | None]] = deque()
 
     def fetch(loc: ChunkLocation) -> tuple[bytes, bytes]:
         raw = reader.read(loc)
-        return raw, hashlib.sha256(raw).digest()
+        return raw, (hashlib.sha256(raw).digest() if digest else b"")
 
     def drain_one() -> None:
         chunk, fut = queue.popleft()
         if fut is None:
-            digest.add_block_sha256(zero_sha256(chunk.size))
+            whole.add_block_sha256(zero_sha256(chunk.size))
         else:
             raw, sha = fut.result()
             write_at(chunk.offset, raw)
-            digest.add_block_sha256(sha)
+            whole.add_block_sha256(sha)
         if progress is not None:
             progress(chunk.size)
 
@@ -102,4 +105,4 @@ def restore_file(
         for _, pending in queue:
             if pending is not None:
                 pending.cancel()
-    return digest.hexdigest()
+    return whole.hexdigest() if digest else ""

@@ -15,7 +15,10 @@ Contract (every transport passes the same conformance suite):
   without an exception (a temporary name, then a rename); on an exception
   nothing is left behind. The final size is ``size`` and the mtime ``mtime_ns``.
 - ``clean_partials`` removes temporary files an interrupted write left beside
-  ``path``.
+  ``path``; ``remove`` deletes a file (a missing one is not an error).
+- A transport may also offer ``file_digest(path, chunk_size)``: the file digest
+  computed where the file is (an SSH host), so checking what landed does not
+  read it back over the network.
 """
 
 from __future__ import annotations
@@ -54,3 +57,7 @@ class Transport(Protocol):
         ...
 
     def clean_partials(self, path: str) -> None: ...
+
+    def remove(self, path: str) -> None:
+        """Delete a file (restore removes one whose landed content does not match); missing is fine."""
+        ...

@@ -572,6 +572,9 @@ class DatastoreHttpTransport:
         if body.size and body.sent != body.size:
             raise DatastoreUploadFailed(where=self._where(path), detail=f"sent {body.sent} of {body.size} bytes")
 
+    def remove(self, path: str) -> None:
+        self.client.delete_file(self._where(safe_relpath(path).as_posix()), missing_ok=True)
+
     def clean_partials(self, path: str) -> None:
         """Delete uploads of ``path`` that an interrupted restore left beside it."""
         rel = safe_relpath(path)

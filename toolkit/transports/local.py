@@ -131,6 +131,9 @@ class LocalTransport:
         tmp.replace(final)
         fsync_dir(final.parent)
 
+    def remove(self, path: str) -> None:
+        self._abs(path).unlink(missing_ok=True)
+
     def clean_partials(self, path: str) -> None:
         """Remove leftovers of an interrupted restore of ``path``."""
         final = self._abs(path)
