@@ -46,6 +46,7 @@ class IngestStats:
     new_raw_bytes: int = 0
     new_stored_bytes: int = 0
     read_bytes: int = 0
+    wire_bytes: int = 0  # bytes that crossed the network when a host hashed the file for us
 
     def add(self, other: IngestStats) -> None:
         for name in self.__slots__:

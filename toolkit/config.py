@@ -125,6 +125,7 @@ class DatastoreConfig:
     known_hosts: Path | None = None
     vsan: bool = False
     staging: str | None = None  # datastore name used to stage copies of vSAN disks
+    host_hashing: bool = True  # sftp: hash on the host, send only blocks the repository lacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +298,7 @@ class _Reader:
             known_hosts=Path(known).expanduser(),
             vsan=bool(raw.get("vsan", False)),
             staging=raw.get("staging"),
+            host_hashing=bool(raw.get("host_hashing", True)),
         )
 
 

@@ -66,7 +66,16 @@ def open_transport(site: SiteConfig, ds: DatastoreConfig, stack: ExitStack) -> T
 
 
 def open_sftp(site: SiteConfig, ds: DatastoreConfig, stack: ExitStack) -> Transport:
-    raise UnknownSource(name=f"{site.name}/{ds.name} (transport {ds.transport} is not available in this build)")
+    from toolkit.transports.sftp import SftpAuth, SftpTransport
+
+    auth = SftpAuth(
+        known_hosts_path=ds.known_hosts,
+        key_path=ds.key_file,
+        password=ds.password.get() if ds.password is not None else None,
+    )
+    transport = SftpTransport(ds.host, ds.port, ds.user, ds.path, auth)
+    stack.callback(transport.close)
+    return transport
 
 
 def managed_by_datastore(site: SiteConfig, warn: Callable[[str], None]) -> dict[str, dict[str, AvmVolume]] | None:
@@ -119,6 +128,7 @@ def configured_sources(config: Config, names: list[str], stack: ExitStack, warn:
                     include=site.include,
                     exclude=site.exclude,
                     writables="copy" if site.writables == "copy" else "skip",
+                    host_hashing=ds.host_hashing,
                     **extra,
                 )
             )

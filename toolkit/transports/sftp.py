@@ -61,6 +61,7 @@ import paramiko
 
 from catalog.errors import Error
 from toolkit.errors import SourceNotFound
+from toolkit.esxi import HashedFetch, HostBlocks, helper_command, probe_command, read_block_hashes, request_blocks
 from toolkit.transports.base import FileInfo, ReadAt, WriteAt
 from toolkit.transports.local import PARTIAL_SUFFIX, safe_relpath
 
@@ -85,6 +86,7 @@ RETRY_BACKOFF_S: Final = 0.5  # wait before reconnect n is n times this: a resta
 PARTIAL_MODE: Final = 0o600  # as local.py: a partial restore is nobody else's business
 DIR_MODE: Final = 0o755  # directories a restore creates
 DIGEST_TIMEOUT_S: Final = 3600.0  # hashing hundreds of GiB on the host takes minutes, not hours
+HASHED_TIMEOUT_S: Final = 600.0  # no byte for this long from the host helper: the link is dead
 DIGEST_INTERPRETERS: Final = ("python3", "python")  # ESXi 6.7+ names its interpreter "python"
 COMMAND_NOT_FOUND: Final = 127  # the shell's exit status for a missing command
 
@@ -1190,6 +1192,39 @@ class SftpTransport:
                 raise RemoteDigestFailed(host=self.host, path=remote, detail=detail)
             return digest
         raise RemoteDigestFailed(host=self.host, path=remote, detail="no python3 or python on the host")
+
+    def _host_python(self, remote: str) -> str:
+        """The first interpreter the host answers to (ESXi names its own "python")."""
+        cached: str | None = getattr(self, "_python", None)
+        if cached is not None:
+            return cached
+        for interpreter in DIGEST_INTERPRETERS:
+            status, _out, _err = self._exec(remote, probe_command(interpreter), 60.0)
+            if status == 0:
+                self._python = interpreter
+                return interpreter
+        raise RemoteDigestFailed(host=self.host, path=remote, detail="no python3 or python on the host")
+
+    @contextlib.contextmanager
+    def open_hashed(self, path: str, chunk_size: int) -> Iterator[tuple[HostBlocks, HashedFetch]]:
+        """Hash the file on the host; yields its per-block SHA-256s and a fetch for the blocks wanted.
+
+        Only the blocks fetched cross the network (zlib-compressed when that pays); all-zero
+        blocks never do. See toolkit/esxi.py.
+        """
+        remote = self._remote(path)
+        python = self._host_python(remote)
+        channel = self._connection().transport.open_session(timeout=CONNECT_TIMEOUT_S)
+        try:
+            channel.settimeout(HASHED_TIMEOUT_S)
+            channel.exec_command(helper_command(python, remote, chunk_size))
+            blocks = read_block_hashes(channel, self.host)
+            yield blocks, lambda wanted: request_blocks(channel, wanted, self.host)
+            status = channel.recv_exit_status()
+            if status != 0:
+                raise RemoteDigestFailed(host=self.host, path=remote, detail=f"the helper exited with {status}")
+        finally:
+            channel.close()
 
     def _exec(self, remote: str, command: str, timeout_s: float) -> tuple[int, str, str]:
         """Run ``command`` on the host: (exit status, stdout, stderr); retried after a dropped link."""
