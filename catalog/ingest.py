@@ -174,7 +174,7 @@ class Ingester:
         Returns the result and the bytes ``fetch`` reported as transferred. Fetched
         blocks are checked against the SHA-256 the host announced.
         """
-        stats = IngestStats(files=1)
+        stats = IngestStats(files=1, read_bytes=size)  # the host read all of it; wire_bytes says what travelled
         digest = FileDigest()
         ids: list[bytes] = [b""] * len(sha256s)
         by_sha: dict[bytes, bytes] = {}  # sha256 -> chunk id, within this file
@@ -203,7 +203,6 @@ class Ingester:
             sha = sha256s[i]
             if sha is None or hashlib.sha256(raw).digest() != sha:
                 raise ShortRead(path=path, expected=len(raw), offset=i * self.chunk_size, got=len(raw))
-            stats.read_bytes += len(raw)
             cid = chunk_id_of(raw)
             codec, stored = self.compressor.compress(raw)
             self._store(_Chunk(cid, sha, len(raw), codec, stored), stats)
