@@ -619,7 +619,13 @@ def run_drill(c: Ctx, as_of: str | None, patterns: list[str], sample: int | None
 
 
 @cli.command()
-@click.option("--as-of", "as_of", required=True, help="ISO 8601 time (local if no zone) or a snapshot id.")
+@click.option("--as-of", "as_of", help="ISO 8601 time (local if no zone) or a snapshot id.")
+@click.option(
+    "--previous",
+    type=click.IntRange(1),
+    metavar="N",
+    help="Instead of the newest version, the Nth distinct version before it (with --as-of: before that time).",
+)
 @click.option("--volume", "volumes", multiple=True, metavar="GLOB", help="Only volumes whose name, path or key match.")
 @click.option("--datastore", "datastores", multiple=True, help="Only volumes captured from this datastore.")
 @click.option("--to", "dest", required=True, help="A configured datastore (DS or SITE/DS), or a directory.")
@@ -629,7 +635,8 @@ def run_drill(c: Ctx, as_of: str | None, patterns: list[str], sample: int | None
 @pass_ctx
 def restore(
     c: Ctx,
-    as_of: str,
+    as_of: str | None,
+    previous: int | None,
     volumes: tuple[str, ...],
     datastores: tuple[str, ...],
     dest: str,
@@ -651,7 +658,10 @@ def restore(
       toolkit --repo /backup/appstacks restore --as-of 2026-11-20T03:00 --to /mnt/restore
       toolkit --repo /backup/appstacks restore --as-of 2026-11-20 --volume 'Office*' --to /mnt/restore --dry-run
       toolkit restore --as-of 2026-11-20T03:00 --volume 'Office 2016' --to dc1/appstacks-nfs --register
+      toolkit restore --previous 1 --volume 'Office 2016' --to /mnt/restore
     """
+    if as_of is None and previous is None:
+        raise click.UsageError("give --as-of TIME or --previous N")
     from toolkit.ops.register import NoManager, in_use
     from toolkit.ops.register import register as register_volumes
 
@@ -664,7 +674,7 @@ def restore(
         protected = in_use(target.manager.inventory(), target.datastore)
     progress = c.progress()
     with stack, c.open() as repo:
-        when = parse_as_of(as_of, repo)
+        when = parse_as_of(as_of, repo) if as_of else datetime.now(UTC).isoformat(timespec="microseconds")
         report = restore_job(
             repo,
             when,
@@ -673,6 +683,7 @@ def restore(
             datastores=list(datastores) or None,
             dry_run=dry_run,
             overwrite=overwrite,
+            previous=previous,
             protected=protected,
             event=progress,
         )

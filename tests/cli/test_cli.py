@@ -217,3 +217,27 @@ def test_a_busy_repository_exits_3_naming_the_holder(toolkit: Toolkit, datastore
     with writer_lock(toolkit.repo, "snapshot"):
         assert toolkit("verify").exit_code == 0
         assert toolkit("snapshots").exit_code == 0
+
+
+def test_previous_n_counts_changes_not_snapshots(toolkit: Toolkit, tmp_path: Path) -> None:
+    root = tmp_path / "dsp"
+    vol = make_volume(root, "cloudvolumes/apps/Doc.vmdk", size_mib=4, seed=1, real=False)
+    toolkit("init")
+    contents = []
+    for step in range(3):
+        if step:
+            with vol.flat.open("r+b") as f:
+                f.seek(step << 20)
+                f.write(bytes([step]) * 4096)
+        contents.append(vol.flat.read_bytes())
+        assert toolkit("snapshot", str(root)).exit_code == 0
+        assert toolkit("snapshot", str(root)).exit_code == 0  # an unchanged capture is not a version
+    for n, expected in ((1, contents[1]), (2, contents[0])):
+        out = tmp_path / f"prev{n}"
+        r = toolkit("restore", "--previous", str(n), "--to", str(out))
+        assert r.exit_code == 0, r.stdout + r.stderr
+        assert (out / "cloudvolumes/apps/Doc-flat.vmdk").read_bytes() == expected
+    r = toolkit("restore", "--previous", "3", "--to", str(tmp_path / "prev3"))
+    assert r.exit_code == 2
+    assert "no stored volume matches" in r.stderr
+    assert toolkit("restore", "--to", str(tmp_path / "x")).exit_code == 2

@@ -80,9 +80,19 @@ class RestoreReport:
 
 
 def plan_restore(
-    repo: Repository, as_of: str, patterns: list[str], datastores: list[str] | None = None
+    repo: Repository,
+    as_of: str,
+    patterns: list[str],
+    datastores: list[str] | None = None,
+    *,
+    previous: int | None = None,
 ) -> tuple[list[PlannedVolume], list[str]]:
-    """The version of each selected volume to restore, and notes on volumes left out."""
+    """The version of each selected volume to restore, and notes on volumes left out.
+
+    With ``previous`` N, each volume's Nth distinct version before its newest one
+    (captured at or before ``as_of``) is chosen instead: 1 is the version before the
+    last change.
+    """
     index = repo.index
     plan: list[PlannedVolume] = []
     notes: list[str] = []
@@ -105,6 +115,12 @@ def plan_restore(
                 notes.append(f"{v.volume_key}: never captured successfully by that time ({v.reason})")
                 continue
             chosen, note = good, f"capture at {v.created_at} {v.state}; using {good.created_at}"
+        if previous:
+            older = _previous_version(repo, chosen, as_of, previous)
+            if older is None:
+                notes.append(f"{v.volume_key}: has fewer than {previous + 1} distinct versions")
+                continue
+            chosen, note = older, f"{previous} version(s) before the newest"
         plan.append(PlannedVolume(chosen, index.files(chosen.version_id), note))
     if not plan:
         what = f"{', '.join(patterns)} as of {as_of}" if patterns else f"anything as of {as_of}"
@@ -118,6 +134,22 @@ def plan_restore(
             if other != p.version.volume_key:
                 raise PathClash(path=f.path, a=other, b=p.version.volume_key)
     return plan, notes
+
+
+def _previous_version(repo: Repository, newest: VersionRow, as_of: str, n: int) -> VersionRow | None:
+    """The version ``n`` content changes before ``newest`` (versions with the same files are one)."""
+    seen: list[tuple[tuple[str, bytes], ...]] = []
+    for v in reversed(repo.index.history(newest.volume_key)):
+        if v.created_at > as_of or v.volume_key != newest.volume_key:
+            continue
+        files = tuple(sorted((f.path, f.manifest_id) for f in repo.index.files(v.version_id)))
+        if not files:
+            continue
+        if not seen or seen[-1] != files:  # unchanged captures in between are the same version
+            seen.append(files)
+            if len(seen) == n + 1:
+                return v
+    return None
 
 
 class PathClash(Error):
@@ -135,6 +167,7 @@ def restore(
     datastores: list[str] | None = None,
     dry_run: bool = False,
     overwrite: bool = False,
+    previous: int | None = None,
     protected: Mapping[str, str] | None = None,
     workers: int = 2,
     event: Event | None = None,
@@ -148,7 +181,7 @@ def restore(
     """
     started = time.monotonic()
     emit = event or (lambda _k, _d: None)
-    plan, notes = plan_restore(repo, as_of, patterns or [], datastores)
+    plan, notes = plan_restore(repo, as_of, patterns or [], datastores, previous=previous)
     report = RestoreReport(as_of, dry_run)
     for note in notes:
         report.volumes.append({"key": note.split(":", 1)[0], "status": "not present", "reason": note.split(": ", 1)[1]})
