@@ -88,7 +88,7 @@ class Ingester:
         self.compressor = compressor
         self.workers = workers
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest")
-        self.inflight = max(4, workers * 3)
+        self.inflight = max(8, workers * 8)  # enough that a stalled writer does not starve the workers
         self._pending: dict[bytes, bytes] = {}  # chunk id -> sha256 of chunks stored in this session
         self._pending_by_sha: dict[bytes, ChunkId] = {}
         self._pending_lock = threading.Lock()
@@ -129,8 +129,19 @@ class Ingester:
         stats.new_raw_bytes += chunk.raw_size
         stats.new_stored_bytes += len(chunk.stored)
 
-    def ingest(self, read_at: ReadAt, size: int, path: str = "", progress: Progress | None = None) -> FileResult:
-        """Store one file of ``size`` bytes read through ``read_at(offset, length)``."""
+    def ingest(
+        self,
+        read_at: ReadAt,
+        size: int,
+        path: str = "",
+        progress: Progress | None = None,
+        is_hole: Callable[[int, int], bool] | None = None,
+    ) -> FileResult:
+        """Store one file of ``size`` bytes read through ``read_at(offset, length)``.
+
+        ``is_hole(offset, length)``, when the source knows where its holes are, lets
+        whole-hole chunks be recorded without reading them.
+        """
         stats = IngestStats(files=1)
         digest = FileDigest()
         ids: list[bytes] = []
@@ -151,7 +162,12 @@ class Ingester:
 
         try:
             for offset, length in iter_offsets(size, self.chunk_size):
-                queue.append(self.pool.submit(self._work, read_at, path, offset, length))
+                if is_hole is not None and is_hole(offset, length):
+                    done: Future[_Chunk] = Future()
+                    done.set_result(_Chunk(HOLE_ID, zero_sha256(length), length))
+                    queue.append(done)
+                else:
+                    queue.append(self.pool.submit(self._work, read_at, path, offset, length))
                 if len(queue) >= self.inflight:
                     drain_one()
             while queue:

@@ -20,12 +20,13 @@ from catalog.index import FileRow, VersionRow
 from catalog.repo import Repository
 from toolkit.errors import BadTime, DestinationExists, NothingToRestore, SnapshotAmbiguous, SnapshotNotFound
 from toolkit.transports.base import Transport
-from toolkit.transports.local import safe_relpath
+from toolkit.transports.local import in_hole, safe_relpath
 
 log = logging.getLogger(__name__)
 
 Event = Callable[[str, dict[str, Any]], None]
 STREAMS = 2  # volumes restored at once
+INFLIGHT_PER_STREAM = 3  # chunks read ahead per volume: memory stays near the single-stream figure
 
 
 def parse_as_of(value: str, repo: Repository) -> str:
@@ -217,6 +218,7 @@ def restore(
                         pool=pool,
                         progress=lambda n: emit("bytes", {"n": n}),
                         digest=False,
+                        inflight=INFLIGHT_PER_STREAM,
                     )
                 landed = landed_digest(dest, f.path, f.size, chunk_size)
                 if landed != f.digest:
@@ -290,9 +292,14 @@ def landed_digest(dest: Transport, path: str, size: int, chunk_size: int) -> str
     on_host = getattr(dest, "file_digest", None)
     if on_host is not None:
         return str(on_host(path, chunk_size))
+    ranges_of = getattr(dest, "data_ranges", None)
+    ranges = ranges_of(path) if ranges_of is not None else None
     digest = FileDigest()
     with dest.open_read(path) as read_at:
         for offset, length in iter_offsets(size, chunk_size):
+            if ranges is not None and in_hole(ranges, offset, length):
+                digest.add_block_sha256(zero_sha256(length))  # a hole reads as zeros: no need to read it
+                continue
             block = read_at(offset, length)
             digest.add_block_sha256(zero_sha256(length) if is_zero(block) else hashlib.sha256(block).digest())
     return digest.hexdigest()

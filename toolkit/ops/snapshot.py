@@ -17,6 +17,7 @@ from catalog.repo import Repository, now_iso
 from catalog.store import Compressor, PackWriter
 from toolkit.layout import FoundVolume, find_volumes
 from toolkit.transports.base import Transport
+from toolkit.transports.local import in_hole
 
 if TYPE_CHECKING:
     from toolkit.avm import AvmVolume
@@ -139,8 +140,11 @@ def _capture(
             result.stats.wire_bytes += wire + 33 * len(blocks.sha256s)
             on_bytes(info.size)
         else:
+            ranges_of = getattr(source.transport, "data_ranges", None)
+            ranges = ranges_of(info.path) if ranges_of is not None and vf.role == "extent" else None
+            is_hole = None if ranges is None else (lambda off, n, r=ranges: in_hole(r, off, n))
             with source.transport.open_read(info.path) as read_at:
-                result = ingester.ingest(read_at, info.size, info.path, on_bytes)
+                result = ingester.ingest(read_at, info.size, info.path, on_bytes, is_hole)
         after = source.transport.stat(info.path)
         if after is None or (after.size, after.mtime_ns) != (info.size, info.mtime_ns):
             raise VolumeChanged(path=info.path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from collections.abc import Iterator
@@ -34,6 +35,41 @@ def safe_relpath(path: str) -> PurePosixPath:
     ):
         raise UnsafePath(path=path)
     return p
+
+
+def file_data_ranges(path: Path) -> list[tuple[int, int]]:
+    """Data regions of a sparse file via SEEK_DATA/SEEK_HOLE; the whole file where that is unsupported."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        ranges: list[tuple[int, int]] = []
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole from here to the end
+                    break
+                return [(0, size)]  # the file system cannot tell: treat everything as data
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            ranges.append((start, min(end, size)))
+            pos = end
+        return ranges
+    finally:
+        os.close(fd)
+
+
+def in_hole(ranges: list[tuple[int, int]], offset: int, length: int) -> bool:
+    """True when [offset, offset+length) overlaps no data region (ranges sorted, non-overlapping)."""
+    end = offset + length
+    lo, hi = 0, len(ranges)
+    while lo < hi:  # first region ending after offset
+        mid = (lo + hi) // 2
+        if ranges[mid][1] <= offset:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo == len(ranges) or ranges[lo][0] >= end
 
 
 class DatastoreUnavailable(Error):
@@ -87,6 +123,10 @@ class LocalTransport:
         except FileNotFoundError:
             return None
         return FileInfo(path, st.st_size, st.st_mtime_ns)
+
+    def data_ranges(self, path: str) -> list[tuple[int, int]]:
+        """(start, end) of the regions that hold data; the rest of the file is holes (reads as zeros)."""
+        return file_data_ranges(self._abs(path))
 
     def read_small(self, path: str, limit: int) -> bytes:
         with self._abs(path).open("rb") as f:
