@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import logging
 import os
@@ -28,8 +29,24 @@ from toolkit.ops.restore import parse_as_of, plan_restore
 from toolkit.ops.restore import restore as restore_job
 from toolkit.ops.snapshot import Source
 from toolkit.ops.snapshot import snapshot as snapshot_job
+from toolkit.ops.status import DEFAULT_MAX_AGE_HOURS, render_status_text
+from toolkit.ops.status import status as status_job
+
+# --- commands (after `history`, before `verify`, say) ---
 from toolkit.progress import Progress, human_bytes
 from toolkit.runtime import tune_allocator
+from toolkit.schedule import (
+    Schedule,
+    ScheduleInvalid,
+    check_user,
+    cron_file,
+    format_units,
+    install,
+    repository_owner,
+    systemd_units,
+    timer_names,
+    toolkit_command,
+)
 from toolkit.transports.base import Transport
 from toolkit.transports.local import LocalTransport
 
@@ -420,6 +437,100 @@ def history(c: Ctx, name: str) -> None:
     c.emit({"versions": data}, text if rows else f"no volume matches {name!r}")
     if not rows:
         sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--max-age-hours",
+    type=click.FloatRange(0, min_open=True),
+    default=DEFAULT_MAX_AGE_HOURS,
+    show_default=True,
+    metavar="H",
+    help="A volume whose last good capture is older than this is a problem.",
+)
+@pass_ctx
+def status(c: Ctx, max_age_hours: float) -> None:
+    """How recently each volume was captured and what needs attention; exit 1 on problems.
+
+    Answers from the repository alone (no datastore or manager is contacted),
+    so monitoring can run it often. Problems (exit 1): a volume whose last good
+    capture is older than --max-age-hours, a volume that failed or was never
+    captured, a configured datastore not captured in time, warnings of the
+    newest snapshot, a failed verify run. Warnings (exit 0): skipped volumes
+    with a recent capture, deletions of the last 7 days, no data verification
+    in 8 days. Also: repository size, deduplication, growth.
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks status
+      toolkit status --max-age-hours 50 --json
+    """
+    config = c.config(required=False)
+    with c.open() as repo:
+        report = status_job(repo, config, datetime.now(UTC), max_age_hours)
+    c.emit(report.to_json(), render_status_text(report))
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--install",
+    "install_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Write the files into DIR (/etc/systemd/system; /etc/cron.d with --cron) instead of printing them.",
+)
+@click.option("--user", help="User the jobs run as (default: the repository's owner).")
+@click.option("--cron", is_flag=True, help="One cron file instead of systemd units, for hosts without systemd.")
+@pass_ctx
+def schedule(c: Ctx, install_dir: Path | None, user: str | None, cron: bool) -> None:
+    """Timers for the nightly snapshot and the weekly and monthly verify (systemd, or cron).
+
+    Nightly at 02:30 (plus up to 15 min): snapshot, at idle CPU and I/O
+    priority. Sundays at 04:00: verify --read-data-subset 15, except on the
+    first Sunday of the month: verify --read-data. Each job runs this toolkit
+    with the current --config and --repo as --user, reads secrets from
+    /etc/appstack-toolkit/env (KEY=value lines) when it exists, and runs at boot
+    when the machine was off at the scheduled time. A non-zero exit leaves the
+    unit failed, so exit 1 (problems found) reaches systemctl --failed and
+    monitoring.
+
+    \b
+    Example:
+      toolkit --config /etc/appstack-toolkit/config.toml schedule --user appstack
+      toolkit --config /etc/appstack-toolkit/config.toml schedule --user appstack --install /etc/systemd/system
+      systemctl daemon-reload
+      systemctl enable --now appstack-toolkit-snapshot.timer appstack-toolkit-verify.timer \\
+        appstack-toolkit-verify-data.timer
+    """
+    config = c.config()  # the jobs need it; better to fail now than every night
+    if config is None or not config.sites:
+        raise ScheduleInvalid(detail="the configuration has no [sites.NAME], so the nightly snapshot has nothing to do")
+    repository = c.repo().expanduser().absolute()
+    config_path = config.path.expanduser().absolute()
+    run_as = user or repository_owner(repository) or getpass.getuser()
+    check_user(run_as, repository)
+    spec = Schedule(toolkit_command(sys.argv[0], sys.executable), config_path, run_as, repository)
+    files = [cron_file(spec)] if cron else systemd_units(spec)
+    written = install(files, install_dir) if install_dir is not None else []
+    timers = timer_names(files)
+    if not written:
+        text = format_units(files)
+    elif cron:
+        text = f"wrote {written[0]}\nnext: install -d -o {run_as} -m 0750 /var/log/appstack-toolkit"
+    else:
+        text = "\n".join(f"wrote {p}" for p in written)
+        text += f"\nnext: systemctl daemon-reload && systemctl enable --now {' '.join(timers)}"
+    c.emit(
+        {
+            "user": run_as,
+            "files": [{"name": f.name, "text": f.text} for f in files],
+            "installed": [str(p) for p in written],
+            "timers": timers,
+        },
+        text,
+    )
 
 
 @cli.command()

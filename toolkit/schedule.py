@@ -1,0 +1,313 @@
+"""Timers for the three routine jobs: systemd units, or a cron file for hosts without systemd.
+
+| job | when | command |
+|---|---|---|
+| snapshot | nightly 02:30 (+ up to 15 min) | ``toolkit snapshot`` |
+| verify | Sundays 04:00, except the first of the month | ``toolkit verify --read-data-subset 15`` |
+| verify-data | the first Sunday of the month, 04:00 | ``toolkit verify --read-data`` |
+
+Fifteen percent a week reads every pack within seven weeks; the monthly full read
+bounds that at a month. The two verify jobs never fall on the same day.
+
+Every non-zero exit code stays a failure: exit 1 (the job ran and found or left
+problems) must reach ``systemctl --failed``, ``OnFailure=`` and monitoring, so no
+``SuccessExitStatus=`` is set. Secrets come from an environment file
+(``EnvironmentFile=-/etc/appstack-toolkit/env``), never from the command line.
+
+The functions here only render text; :func:`install` writes it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shlex
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from catalog.errors import Error
+
+UNIT_PREFIX: Final = "appstack-toolkit"
+ENV_FILE: Final = Path("/etc/appstack-toolkit/env")  # KEY=value lines, mode 0600; optional
+LOG_DIR: Final = Path("/var/log/appstack-toolkit")  # cron only: the output of each job's last run
+CRON_FILE: Final = "appstack-toolkit"  # a file name /etc/cron.d accepts (no dot)
+UNIT_MODE: Final = 0o644  # systemd and cron read these as root; they hold no secret
+# systemd's relaxed user-name rule: what User= accepts besides a numeric id.
+USER_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?")
+# Arguments made of these characters need no quoting in ExecStart= nor in sh.
+PLAIN_ARG: Final = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
+
+
+class ScheduleInvalid(Error):
+    template = "cannot write timers: {detail}"
+    hint = "give absolute paths and a user name the system knows (toolkit schedule --user NAME)"
+    code = "schedule_invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    name: str  # unit name: appstack-toolkit-<name>.service / .timer
+    description: str
+    args: tuple[str, ...]  # after the global options
+    on_calendar: str  # systemd calendar expression
+    randomized_delay: str  # RandomizedDelaySec=
+    cron_time: str  # the five cron time fields
+    cron_skip: str  # sh test that, when true, skips the run (cron cannot say "first Sunday"); "" runs always
+    background: bool  # lowest CPU and I/O priority
+    timeout: str | None  # TimeoutStartSec=; None: no limit (a oneshot's default)
+
+
+JOBS: Final = (
+    Job(
+        name="snapshot",
+        description="nightly snapshot of every configured site",
+        args=("snapshot",),
+        on_calendar="*-*-* 02:30:00",
+        randomized_delay="15min",
+        cron_time="30 2 * * *",
+        cron_skip="",
+        background=True,
+        # A hung run must end before the next night; the next writer removes its stale lock.
+        timeout="22h",
+    ),
+    Job(
+        name="verify",
+        description="weekly verification, 15 percent of the stored data, least recently read first",
+        args=("verify", "--read-data-subset", "15"),
+        on_calendar="Sun *-*-08..31 04:00:00",
+        randomized_delay="30min",
+        cron_time="0 4 * * 0",
+        cron_skip='[ "$(date +%d)" -le 7 ]',
+        background=False,
+        timeout=None,
+    ),
+    Job(
+        name="verify-data",
+        description="monthly verification of every stored byte",
+        args=("verify", "--read-data"),
+        on_calendar="Sun *-*-01..07 04:00:00",
+        randomized_delay="30min",
+        cron_time="0 4 * * 0",
+        cron_skip='[ "$(date +%d)" -gt 7 ]',
+        background=False,
+        timeout=None,
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """What every job runs: ``command --config CONFIG [--repo REPOSITORY] ARGS`` as ``user``."""
+
+    command: tuple[str, ...]  # the toolkit: ("/usr/local/bin/toolkit",) or (python, "-m", "toolkit")
+    config: Path
+    user: str
+    repository: Path | None = None  # given as --repo (and mounted before the job); else the configuration's
+    env_file: Path = ENV_FILE
+
+    def check(self) -> None:
+        if not self.command or not Path(self.command[0]).is_absolute():
+            raise ScheduleInvalid(detail=f"the toolkit executable {' '.join(self.command)!r} is not an absolute path")
+        for what, path in (("configuration", self.config), ("repository", self.repository), ("env", self.env_file)):
+            if path is not None and not path.is_absolute():
+                raise ScheduleInvalid(detail=f"the {what} path {str(path)!r} is not absolute")
+        if not USER_NAME.fullmatch(self.user):
+            raise ScheduleInvalid(detail=f"{self.user!r} is not a user name")
+        words = [*self.command, str(self.config), str(self.repository or ""), str(self.env_file)]
+        if any(ch in w for w in words for ch in "\n\r\0"):
+            raise ScheduleInvalid(detail="a path contains a line break or NUL")
+
+    def argv(self, job: Job) -> list[str]:
+        repo = ["--repo", str(self.repository)] if self.repository is not None else []
+        return [*self.command, "--config", str(self.config), *repo, *job.args]
+
+
+def toolkit_command(argv0: str, python: str) -> tuple[str, ...]:
+    """How a job starts this toolkit: the console script that is running, else ``python -m toolkit``."""
+    script = Path(argv0)
+    if script.name == "toolkit" and script.is_absolute() and script.is_file() and os.access(script, os.X_OK):
+        return (str(script),)
+    return (str(Path(python).absolute()), "-m", "toolkit")
+
+
+def repository_owner(repository: Path) -> str | None:
+    """The name of the user owning the repository directory; None when it does not exist or has no name."""
+    try:
+        return pwd.getpwuid(repository.stat().st_uid).pw_name
+    except (OSError, KeyError):
+        return None
+
+
+def check_user(user: str, repository: Path | None) -> None:
+    """Refuse a user this system does not know, or one the repository would refuse (it belongs to another)."""
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise ScheduleInvalid(detail=f"there is no user {user!r} on this system") from None
+    if repository is None or not repository.exists():
+        return
+    owner = repository.stat().st_uid
+    if owner != uid:
+        raise ScheduleInvalid(
+            detail=f"{repository} belongs to {repository_owner(repository) or owner}, and a job running as "
+            f"{user} would refuse it (chown -R {user} {repository}, or --user the owner)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UnitFile:
+    name: str  # file name in the target directory
+    text: str
+
+
+def _systemd_word(arg: str, *, executable: bool = False) -> str:
+    """One ExecStart= word: quoted when needed, ``%`` escaped (specifiers) and, in arguments, ``$`` (variables).
+
+    systemd expands variables in the arguments only, so the executable's ``$`` stays single.
+    """
+    if not PLAIN_ARG.fullmatch(arg):
+        arg = '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    arg = arg.replace("%", "%%")
+    return arg if executable else arg.replace("$", "$$")
+
+
+def _systemd_path(path: Path) -> str:
+    """A path in a unit setting without variable expansion (RequiresMountsFor=): quoted, ``%`` escaped."""
+    text = str(path)
+    if not PLAIN_ARG.fullmatch(text):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text.replace("%", "%%")
+
+
+def _sh_word(arg: str) -> str:
+    return arg if PLAIN_ARG.fullmatch(arg) else shlex.quote(arg)
+
+
+HEADER: Final = "# Generated by `toolkit schedule`. Regenerate rather than edit; local changes: systemctl edit UNIT.\n"
+
+EXIT_CODES: Final = """\
+# Exit codes: 0 ok; 1 the job ran and found or left problems (failed volumes, damaged data);
+# 2 bad usage or configuration; 3 the repository is locked by another job. Every non-zero code
+# leaves the unit failed on purpose, so systemctl --failed, OnFailure= and monitoring see it.
+"""
+
+
+def service_unit(schedule: Schedule, job: Job) -> UnitFile:
+    lines = [
+        HEADER.rstrip("\n"),
+        "[Unit]",
+        f"Description=AppStack toolkit: {job.description}",
+        "Wants=network-online.target",
+        "After=network-online.target remote-fs.target",
+    ]
+    if schedule.repository is not None:
+        lines.append(f"RequiresMountsFor={_systemd_path(schedule.repository)}")
+    lines += [
+        "",
+        "[Service]",
+        "Type=oneshot",
+        f"User={schedule.user}",
+        f"EnvironmentFile=-{schedule.env_file}",
+        "ExecStart=" + " ".join(_systemd_word(a, executable=i == 0) for i, a in enumerate(schedule.argv(job))),
+        EXIT_CODES.rstrip("\n"),
+        "UMask=0077",
+        "NoNewPrivileges=yes",
+    ]
+    if job.background:
+        lines += ["Nice=10", "IOSchedulingClass=idle"]
+    else:
+        lines += ["Nice=5", "IOSchedulingClass=best-effort", "IOSchedulingPriority=7"]
+    if job.timeout is not None:
+        lines.append(f"TimeoutStartSec={job.timeout}")
+    return UnitFile(f"{UNIT_PREFIX}-{job.name}.service", "\n".join(lines) + "\n")
+
+
+def timer_unit(job: Job) -> UnitFile:
+    text = (
+        HEADER + "[Unit]\n"
+        f"Description=AppStack toolkit timer: {job.description}\n"
+        "\n"
+        "[Timer]\n"
+        f"OnCalendar={job.on_calendar}\n"
+        f"RandomizedDelaySec={job.randomized_delay}\n"
+        "# Run at the next boot when the machine was off at the scheduled time.\n"
+        "Persistent=true\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=timers.target\n"
+    )
+    return UnitFile(f"{UNIT_PREFIX}-{job.name}.timer", text)
+
+
+def systemd_units(schedule: Schedule, jobs: Iterable[Job] = JOBS) -> list[UnitFile]:
+    """A service and a timer per job."""
+    schedule.check()
+    units = []
+    for job in jobs:
+        units += [service_unit(schedule, job), timer_unit(job)]
+    return units
+
+
+def cron_line(schedule: Schedule, job: Job, log_dir: Path = LOG_DIR) -> str:
+    """One /etc/cron.d line; prints a line (which cron mails) only when the job exits non-zero."""
+    log = _sh_word(str(log_dir / f"{job.name}.log"))
+    env = _sh_word(str(schedule.env_file))
+    run = " ".join(_sh_word(a) for a in schedule.argv(job))
+    if job.background:
+        run = f"nice -n 10 ionice -c 3 {run}"
+    body = f"(set -a; [ ! -r {env} ] || . {env}; set +a; exec {run}) >{log} 2>&1"
+    alert = f'echo "toolkit {" ".join(job.args)} exited with $? (see {log})"'
+    command = f"{body} || {alert}"
+    if job.cron_skip:
+        command = f"{job.cron_skip} || {command}"
+    return f"{job.cron_time} {schedule.user} {command.replace('%', chr(92) + '%')}"
+
+
+def cron_file(schedule: Schedule, jobs: Iterable[Job] = JOBS, log_dir: Path = LOG_DIR) -> UnitFile:
+    """The jobs as an /etc/cron.d file (with a user field)."""
+    schedule.check()
+    text = (
+        "# /etc/cron.d/appstack-toolkit, generated by `toolkit schedule --cron`: the jobs of the systemd timers.\n"
+        "# cron ignores exit codes, so each job prints one line when it exits non-zero (1 problems found,\n"
+        f"# 2 bad usage or configuration, 3 repository locked) and cron mails it. {log_dir}/JOB.log holds\n"
+        "# the output of the last run; create that directory, writable by the user, first.\n"
+        "SHELL=/bin/sh\n"
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+        "MAILTO=root\n"
+    )
+    text += "".join(cron_line(schedule, job, log_dir) + "\n" for job in jobs)
+    return UnitFile(CRON_FILE, text)
+
+
+def format_units(units: Iterable[UnitFile]) -> str:
+    """All files one after the other, each under a comment naming it, for printing."""
+    return "\n".join(f"# ---- {u.name} ----\n{u.text}" for u in units).rstrip("\n")
+
+
+def timer_names(units: Iterable[UnitFile]) -> list[str]:
+    return [u.name for u in units if u.name.endswith(".timer")]
+
+
+def install(units: Iterable[UnitFile], directory: Path) -> list[Path]:
+    """Write each file into ``directory`` (created if missing), atomically, mode 0644; replaces older ones."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for unit in units:
+        target = directory / unit.name
+        fd, tmp = tempfile.mkstemp(prefix=f".{unit.name}.", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(unit.text)
+                f.flush()
+                os.fsync(f.fileno())
+            Path(tmp).chmod(UNIT_MODE)
+            Path(tmp).replace(target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(target)
+    return written
