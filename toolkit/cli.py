@@ -296,14 +296,13 @@ def snapshot(c: Ctx, sources: tuple[str, ...], rehash: bool) -> None:
     with contextlib.ExitStack() as stack:
         srcs = resolve_sources(c, list(sources), stack, warnings.append)
         with c.open(readonly=False) as repo, repo.writing("snapshot"):
-            report = snapshot_job(repo, srcs, rehash=rehash, event=progress)
-    report.warnings[:0] = warnings
+            report = snapshot_job(repo, srcs, rehash=rehash, event=progress, warnings=warnings)
     progress.finish()
     counts = {s: report.count(s) for s in ("new", "changed", "unchanged", "deleted", "failed", "skipped")}
     st = report.stats
     text = (
         f"snapshot {report.snapshot_id[:12]} at {report.created_at}\n"
-        f"volumes: {', '.join(f'{n} {s}' for s, n in counts.items() if n)}\n"
+        f"volumes: {', '.join(f'{n} {s}' for s, n in counts.items() if n) or 'none found'}\n"
         f"read {human_bytes(st.read_bytes)}, {st.new_chunks} new chunks "
         f"({human_bytes(st.new_raw_bytes)} → {human_bytes(st.new_stored_bytes)} stored) in {report.duration_s:.1f} s"
     )
@@ -680,7 +679,12 @@ def verify(
             f"coverage: {cover['share']:.0%} of stored data ({human_bytes(cover['bytes_read'])} of "
             f"{human_bytes(cover['bytes_total'])}) read and found sound in the last {coverage} days"
         )
-    lines.append("ok: every version checked is restorable" if report.ok else f"{len(report.problems)} problem(s) found")
+    if not report.ok:
+        lines.append(f"{len(report.problems)} problem(s) found")
+    elif report.level == "metadata":
+        lines.append("ok: metadata consistent; no data was read (use --read-data to read every byte)")
+    else:
+        lines.append("ok: every version checked is restorable")
     c.emit(report.to_json() | {"coverage": cover, "duration_s": round(duration, 3)}, "\n".join(lines))
     if not report.ok:
         sys.exit(1)
@@ -791,7 +795,8 @@ def restore(
             when,
             target.transport,
             patterns=list(volumes),
-            datastores=list(datastores) or None,
+            # Onto a configured datastore: by default the copies captured from that same datastore.
+            datastores=list(datastores) or ([target.datastore] if target.datastore else None),
             dry_run=dry_run,
             overwrite=overwrite,
             previous=previous,
@@ -1030,7 +1035,7 @@ def config_init(c: Ctx, path: Path | None, force: bool) -> None:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(TEMPLATE)
-    c.emit({"written": str(target)}, f"wrote {target}; edit it, then run: toolkit snapshot")
+    c.emit({"written": str(target)}, f"wrote {target}; edit it, then run: toolkit init && toolkit snapshot")
 
 
 class ConfigExists(Error):

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 class UnknownSource(Error):
     template = "{name!r} is neither a configured site or datastore nor a directory"
-    hint = "list configured sites with: toolkit check; or give a datastore directory"
+    hint = "use a [sites.NAME] or [sites.NAME.datastores.DS] name from the configuration file, or a directory"
     code = "unknown_source"
 
 

@@ -168,9 +168,10 @@ def run_demo(workdir: Path, say: Say, *, flavour: Literal["2.x", "4.x"] = "2.x")
 
     say(f"\nDone in {time.monotonic() - started:.0f} s. Everything is in {workdir}.")
     say(
-        "\nNext, on your own environment:\n"
-        "  toolkit --repo /backup/appstacks init\n"
-        "  toolkit --repo /backup/appstacks snapshot /mnt/datastore1      # nightly, from a timer\n"
-        "  toolkit --repo /backup/appstacks verify --read-data-subset 15  # weekly: every byte within two months\n"
-        "  toolkit --repo /backup/appstacks restore --as-of 2026-11-20T03:00 --to /mnt/restore --dry-run"
+        "\nNext, on your own environment (docs/quickstart.md):\n"
+        "  toolkit config init        # describe your App Volumes Manager, vCenter and datastores\n"
+        "  toolkit init && toolkit snapshot                                # nightly: toolkit schedule\n"
+        "  toolkit verify --read-data-subset 15                            # weekly: every byte within two months\n"
+        "  toolkit status                                                  # for monitoring\n"
+        "  toolkit restore --as-of 2026-11-20T03:00 --to /mnt/restore --dry-run"
     )

@@ -30,19 +30,22 @@ INFLIGHT_PER_STREAM = 3  # chunks read ahead per volume: memory stays near the s
 
 
 def parse_as_of(value: str, repo: Repository) -> str:
-    """An ISO 8601 time (local time when no zone is given) or a snapshot id → UTC ISO string."""
+    """An ISO 8601 time (local time when no zone is given), ``now``/``latest``, or a snapshot id → UTC ISO."""
     text = value.strip()
-    if len(text) >= 6 and all(c in "0123456789abcdef" for c in text.lower()) and not text.isdigit():
+    if text.lower() in ("now", "latest"):
+        return datetime.now(UTC).isoformat(timespec="microseconds")
+    looks_like_id = len(text) >= 6 and all(c in "0123456789abcdef" for c in text.lower())
+    if looks_like_id:
         matches = [s for s in repo.index.snapshots() if s.id.startswith(text.lower())]
         if len(matches) > 1:
             raise SnapshotAmbiguous(ref=value, count=len(matches))
         if matches:
             return matches[0].created_at
-        if len(text) >= 8 and not any(c in text for c in "-:T"):
-            raise SnapshotNotFound(ref=value)
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
+        if looks_like_id:
+            raise SnapshotNotFound(ref=value) from None
         raise BadTime(value=value) from None
     if when.tzinfo is None:
         when = when.astimezone()  # local time, as the operator typed it
@@ -133,7 +136,7 @@ def plan_restore(
         for f in p.files:
             other = paths.setdefault(f.path, p.version.volume_key)
             if other != p.version.volume_key:
-                raise PathClash(path=f.path, a=other, b=p.version.volume_key)
+                raise PathClash(path=p.version.path, a=other, b=p.version.volume_key)
     return plan, notes
 
 
@@ -154,8 +157,8 @@ def _previous_version(repo: Repository, newest: VersionRow, as_of: str, n: int) 
 
 
 class PathClash(Error):
-    template = "{a} and {b} would both be restored to {path}"
-    hint = "restore one datastore at a time with --datastore"
+    template = "{a} and {b} (copies on two datastores, e.g. storage-group replicas) would both go to {path}"
+    hint = "pick the datastore to restore from with --datastore NAME"
     code = "path_clash"
 
 

@@ -167,10 +167,15 @@ def snapshot(
     rehash: bool = False,
     event: Event | None = None,
     workers: int = 2,
+    warnings: list[str] | None = None,
 ) -> SnapshotReport:
-    """Capture every volume of ``sources`` into one new snapshot; the caller holds the writer lock."""
+    """Capture every volume of ``sources`` into one new snapshot; the caller holds the writer lock.
+
+    ``warnings`` found while building the sources (a manager or datastore that could not
+    be reached) are recorded in the snapshot document with the run's own.
+    """
     started = time.monotonic()
-    report = SnapshotReport()
+    report = SnapshotReport(warnings=list(warnings or []))
     emit = event or (lambda _kind, _data: None)
     index = repo.index
     packs_before = index.stored_totals()[0]
