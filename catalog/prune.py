@@ -1,7 +1,7 @@
 """Retention and garbage collection.
 
 ``select_snapshots`` is pure: which snapshots a policy keeps, and why. ``prune``
-removes the others (documents first, then catalog rows), then collects garbage:
+removes the others (catalog rows first, then documents), then collects garbage:
 packs with no live chunk are deleted, packs whose live share is below a
 threshold are repacked (live records copied into new packs, catalog updated,
 then the old pack deleted). A crash at any point leaves only unreferenced data
