@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from catalog.errors import Error
+from toolkit.tls import PinnedCertificate
 
 log = logging.getLogger(__name__)
 
@@ -109,18 +109,6 @@ class AvmVolume:
             "assignments": list(self.assignments),
             "record": self.record,
         }
-
-
-class PinnedCertificate(HTTPAdapter):
-    """Trust exactly one certificate, by the SHA-256 of its DER bytes, instead of a CA chain."""
-
-    def __init__(self, thumbprint_sha256: str) -> None:
-        self.fingerprint = thumbprint_sha256.replace(":", "").lower()
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["assert_fingerprint"] = self.fingerprint
-        super().init_poolmanager(*args, **kwargs)
 
 
 def pin_certificate(session: requests.Session, url: str, thumbprint_sha256: str) -> None:

@@ -55,6 +55,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from catalog.errors import Error
+from toolkit.tls import PinnedCertificate
 from toolkit.transports.base import FileInfo, ReadAt, WriteAt
 from toolkit.transports.local import PARTIAL_SUFFIX, safe_relpath
 from toolkit.vsphere import (
@@ -226,18 +227,6 @@ def _transient(exc: BaseException) -> bool:
     )
 
 
-class _Pinned(HTTPAdapter):
-    """Checks the server certificate's SHA-256 on every connection instead of a CA chain."""
-
-    def __init__(self, thumbprint_sha256: str, **kwargs: int) -> None:
-        self._thumbprint = thumbprint_sha256
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-
-    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: object) -> None:
-        pool_kwargs["assert_fingerprint"] = self._thumbprint
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-
-
 def http_session(endpoint: HttpEndpoint) -> requests.Session:
     """A requests.Session for datastore HTTP that enforces the endpoint's TLS policy."""
     session = requests.Session()
@@ -245,7 +234,9 @@ def http_session(endpoint: HttpEndpoint) -> requests.Session:
     tls = endpoint.tls
     if tls is not None and tls.thumbprint_sha256:
         session.verify = False  # the pin replaces the CA chain; urllib3 still checks it on every connection
-        adapter: HTTPAdapter = _Pinned(tls.thumbprint_sha256, pool_connections=1, pool_maxsize=POOL_CONNECTIONS)
+        adapter: HTTPAdapter = PinnedCertificate(
+            tls.thumbprint_sha256, pool_connections=1, pool_maxsize=POOL_CONNECTIONS
+        )
     else:
         session.verify = str(tls.ca_bundle) if tls is not None and tls.ca_bundle else True
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_CONNECTIONS)
