@@ -973,14 +973,17 @@ def lab() -> None:
 )
 @click.option("--tls", is_flag=True, help="Serve the manager over HTTPS with a self-signed certificate (pinned).")
 @click.option("--port", type=int, default=0, help="Manager port (default: a free one).")
+@click.option("--vcsim", is_flag=True, help="Also run a vCenter simulator over the datastores (datastore HTTP).")
+@click.option("--sshd", is_flag=True, help="Also run a loopback sshd as an ESXi stand-in (SFTP, host hashing).")
 @pass_ctx
-def lab_up_cmd(c: Ctx, directory: Path, flavour: str, tls: bool, port: int) -> None:
+def lab_up_cmd(c: Ctx, directory: Path, flavour: str, tls: bool, port: int, vcsim: bool, sshd: bool) -> None:
     """Start a simulated site in the foreground and write a ready configuration.
 
     Datastores ds1 and ds2 (a storage group) are directories under DIRECTORY,
     seeded with sample volumes the first time; the App Volumes Manager
-    simulator imports them. DIRECTORY/toolkit.toml configures a site for them.
-    Ctrl-C stops everything it started.
+    simulator imports them. With --sshd the site reaches them over SFTP (as an
+    ESXi host), else with --vcsim over datastore HTTP, else as local mounts.
+    DIRECTORY/toolkit.toml configures the site. Ctrl-C stops everything it started.
 
     \b
     Example:
@@ -1006,6 +1009,8 @@ def lab_up_cmd(c: Ctx, directory: Path, flavour: str, tls: bool, port: int) -> N
         flavour="4.x" if flavour == "4.x" else "2.x",
         tls=tls,
         port=port,
+        vcsim=vcsim,
+        sshd=sshd,
         stop=stop,
         ready=ready,
     )

@@ -15,14 +15,18 @@ from ..conftest import run_toolkit
 
 
 @pytest.mark.lab
-@pytest.mark.parametrize("tls", [False, True])
-def test_lab_up_serves_a_site_that_snapshot_uses(tmp_path: Path, tls: bool) -> None:
+@pytest.mark.parametrize("extra", [[], ["--tls"], ["--sshd"], ["--vcsim"]])
+def test_lab_up_serves_a_site_that_snapshot_uses(tmp_path: Path, extra: list[str]) -> None:
     lab = tmp_path / "lab"
-    args = [sys.executable, "-m", "toolkit", "--json", "lab", "up", str(lab)] + (["--tls"] if tls else [])
+    tls = "--tls" in extra
+    args = [sys.executable, "-m", "toolkit", "--json", "lab", "up", str(lab), *extra]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         facts = json.loads(proc.stdout.readline())
+        text = Path(facts["config"]).read_text()
+        assert ('transport = "sftp"' in text) == ("--sshd" in extra)
+        assert ('transport = "http"' in text) == ("--vcsim" in extra)
         assert facts["manager_url"].startswith("https://" if tls else "http://")
         config = facts["config"]
         assert Path(config).stat().st_mode & 0o777 == 0o600
@@ -36,7 +40,7 @@ def test_lab_up_serves_a_site_that_snapshot_uses(tmp_path: Path, tls: bool) -> N
         assert run_toolkit("verify", env=env).returncode == 0
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "lab stopped" in err
     assert "Traceback" not in err

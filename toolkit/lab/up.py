@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import threading
@@ -27,14 +28,39 @@ def _private(path: Path, text: str) -> None:
         f.write(text)
 
 
-def write_lab_config(directory: Path, manager_url: str, thumbprint: str | None, datastores: dict[str, Path]) -> Path:
+def write_lab_config(
+    directory: Path,
+    manager_url: str,
+    thumbprint: str | None,
+    datastores: dict[str, Path],
+    *,
+    vcenter: Any = None,
+    sshd: Any = None,
+) -> Path:
+    """The lab site: sftp through sshd if it runs, else datastore HTTP through vcsim, else local mounts."""
     password_file = directory / "avm-password"
     if not password_file.exists():
         _private(password_file, secrets.token_urlsafe(16) + "\n")
     pin = f'thumbprint_sha256 = "{thumbprint}"\n' if thumbprint else ""
-    stores = "".join(
-        f'\n[sites.lab.datastores.{name}]\ntransport = "local"\npath = "{path}"\n' for name, path in datastores.items()
-    )
+    stores = ""
+    for name, path in datastores.items():
+        stores += f"\n[sites.lab.datastores.{name}]\n"
+        if sshd is not None:
+            stores += (
+                f'transport = "sftp"\nhost = "{sshd.host}"\nport = {sshd.port}\nuser = "{sshd.username}"\n'
+                f'key_file = "{sshd.client_key_path}"\nknown_hosts = "{sshd.known_hosts_path}"\npath = "{path}"\n'
+            )
+        elif vcenter is not None:
+            stores += 'transport = "http"\n'
+        else:
+            stores += f'transport = "local"\npath = "{path}"\n'
+    if vcenter is not None:
+        vc_password = directory / "vcenter-password"
+        _private(vc_password, vcenter.password + "\n")
+        stores += (
+            f'\n[sites.lab.vcenter]\nurl = "{vcenter.url}"\nuser = "{vcenter.user}"\n'
+            f'password_file = "{vc_password}"\ndatacenter = "{vcenter.datacenter}"\n'
+        )
     config = directory / "toolkit.toml"
     _private(
         config,
@@ -60,6 +86,8 @@ def lab_up(
     flavour: Literal["2.x", "4.x"] = "2.x",
     tls: bool = False,
     port: int = 0,
+    vcsim: bool = False,
+    sshd: bool = False,
     stop: threading.Event | None = None,
     ready: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
@@ -77,6 +105,35 @@ def lab_up(
         _private(password_file, secrets.token_urlsafe(16) + "\n")
     password = password_file.read_text().strip()
     stop = stop or threading.Event()
+    with contextlib.ExitStack() as peers:
+        vc = ssh = None
+        if vcsim:
+            from toolkit.lab.vcsim import VcsimServer, build_vcsim
+
+            say("starting vcsim (the first start builds it, which takes a minute)")
+            vc = peers.enter_context(VcsimServer(stores, binary=build_vcsim()))
+        if sshd:
+            from toolkit.lab.sshd import SshdServer
+
+            ssh = peers.enter_context(SshdServer(directory / "sshd", datastores=()))
+        _serve(directory, stores, password, password_file, say, flavour, tls, port, stop, ready, vc, ssh)
+    say("lab stopped")
+
+
+def _serve(
+    directory: Path,
+    stores: dict[str, Path],
+    password: str,
+    password_file: Path,
+    say: Say,
+    flavour: Literal["2.x", "4.x"],
+    tls: bool,
+    port: int,
+    stop: threading.Event,
+    ready: Callable[[dict[str, Any]], None] | None,
+    vc: Any,
+    ssh: Any,
+) -> None:
     with AvmSimulator(
         stores,
         flavour=flavour,
@@ -94,7 +151,9 @@ def lab_up(
                 client.import_folder("ds1", folder)
         client.wait_jobs(60)
         sim.replicate_now()
-        config = write_lab_config(directory, sim.url, sim.thumbprint_sha256 if tls else None, stores)
+        config = write_lab_config(
+            directory, sim.url, sim.thumbprint_sha256 if tls else None, stores, vcenter=vc, sshd=ssh
+        )
         facts: dict[str, Any] = {
             "manager_url": sim.url,
             "manager_user": "admin",
@@ -110,10 +169,15 @@ def lab_up(
         for name, path in stores.items():
             say(f"datastore {name}: {path}")
         say("storage group sg1 = ds1, ds2 (replication every 60 s; deletions propagate)")
+        if vc is not None:
+            facts["vcenter_url"] = vc.url
+            say(f"vCenter simulator: {vc.url} (user {vc.user}, datacenter {vc.datacenter})")
+        if ssh is not None:
+            facts["sshd"] = f"{ssh.username}@{ssh.host}:{ssh.port}"
+            say(f"SSH (ESXi stand-in): {ssh.username}@{ssh.host}:{ssh.port}, key {ssh.client_key_path}")
         say(f"configuration: {config}")
         say(f"try:  export TOOLKIT_CONFIG={config}; toolkit init; toolkit snapshot; toolkit volumes")
         say("Ctrl-C stops the lab.")
         if ready is not None:
             ready(facts)
         stop.wait()
-    say("lab stopped")
