@@ -13,6 +13,7 @@ Levels:
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -283,7 +284,10 @@ def verify(
                     chunk_pack[chex] = res.pack_id
                 if not res.pack_problem and not res.bad_chunks:
                     verified_ok.append(res.pack_id)
-        index.mark_packs_verified(verified_ok, now_iso())
+        try:
+            index.mark_packs_verified(verified_ok, now_iso())
+        except (Error, sqlite3.Error) as exc:  # a full or read-only file system: the check itself stands
+            report.warnings.append(f"could not record which packs were read ({exc}); the rotation starts over")
 
     # 3. every version's manifest and digest
     bad_manifests: dict[bytes, str] = {}

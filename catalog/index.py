@@ -7,6 +7,7 @@ readers (verify, restore) see committed state while a snapshot writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from catalog.errors import CatalogCorrupt
+from catalog.errors import CatalogCorrupt, StoreFull
 from catalog.types import ChunkId, ChunkLocation, PackEntry, PackId
 
 SCHEMA_VERSION: Final = 1
@@ -63,6 +64,32 @@ CREATE TABLE IF NOT EXISTS files (
 """
 
 
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection. When the database is complete in its file (no -wal), and SQLite cannot
+    create the shared-memory file it wants for WAL (a full or read-only file system), open it immutable."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        conn.close()
+        if Path(f"{path}-wal").exists() and Path(f"{path}-wal").stat().st_size > 0:
+            raise
+        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+    return conn
+
+
+SQLITE_FULL: Final = 13
+SQLITE_IOERR: Final = 10
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    """SQLite's "database or disk is full", or an I/O error (what a full file system gives while writing)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (SQLITE_FULL, SQLITE_IOERR):
+        return True
+    return "disk is full" in str(exc) or "disk I/O error" in str(exc)
+
+
 @dataclass(frozen=True, slots=True)
 class FileRow:
     path: str
@@ -106,7 +133,7 @@ class Index:
         self._lock = threading.RLock()
         try:
             if readonly:
-                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+                conn = _connect_readonly(path)
             else:
                 if not path.exists():
                     # SQLite gives the -wal and -shm files the database's mode: create it private.
@@ -125,8 +152,21 @@ class Index:
                 raise CatalogCorrupt(path=path, detail=f"unknown schema version {version}")
             conn.execute("SELECT count(*) FROM snapshots").fetchone()
         except sqlite3.DatabaseError as exc:
+            if _is_full(exc):
+                raise StoreFull(path=path) from exc
             raise CatalogCorrupt(path=path, detail=str(exc)) from exc
         self.conn = conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One committed transaction; a full disk is StoreFull (the transaction is rolled back)."""
+        try:
+            with self.conn:
+                yield
+        except sqlite3.OperationalError as exc:
+            if _is_full(exc):
+                raise StoreFull(path=self.path) from exc
+            raise
 
     @property
     def db(self) -> Any:
@@ -187,7 +227,7 @@ class Index:
         """Index a sealed pack; ``replace`` points chunks already indexed elsewhere at this pack (repacking)."""
         rows = [(e.chunk_id, e.type, pack_id, e.offset, e.stored_size, e.raw_size, e.codec, e.sha256) for e in entries]
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
-        with self._lock, self.conn:
+        with self._lock, self._transaction():
             self.conn.execute(
                 "INSERT OR IGNORE INTO packs (id, size, chunk_count, added_at) VALUES (?, ?, ?, ?)",
                 (pack_id, size, len(rows), added_at),
@@ -195,13 +235,13 @@ class Index:
             self.conn.executemany(f"{verb} INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def remove_pack(self, pack_id: str) -> None:
-        with self._lock, self.conn:
+        with self._lock, self._transaction():
             self.conn.execute("DELETE FROM chunks WHERE pack_id = ?", (pack_id,))
             self.conn.execute("DELETE FROM packs WHERE id = ?", (pack_id,))
 
     def remove_snapshot(self, snapshot_id: str) -> None:
         """Forget a snapshot and its versions; volumes left with no version are forgotten too."""
-        with self._lock, self.conn:
+        with self._lock, self._transaction():
             self.conn.execute(
                 "DELETE FROM files WHERE version_id IN (SELECT id FROM versions WHERE snapshot_id = ?)", (snapshot_id,)
             )
@@ -218,7 +258,7 @@ class Index:
         return sorted({bytes(r[0]) for r in rows if r[1] not in without})
 
     def add_manifest(self, manifest_id: ChunkId, file_size: int, chunk_count: int, hole_count: int) -> None:
-        with self._lock, self.conn:
+        with self._lock, self._transaction():
             self.conn.execute(
                 "INSERT OR IGNORE INTO manifests VALUES (?, ?, ?, ?)",
                 (manifest_id, file_size, chunk_count, hole_count),
@@ -236,7 +276,7 @@ class Index:
         )
 
     def mark_packs_verified(self, pack_ids: Iterable[str], when: str) -> None:
-        with self._lock, self.conn:
+        with self._lock, self._transaction():
             self.conn.executemany("UPDATE packs SET verified_at = ? WHERE id = ?", [(when, p) for p in pack_ids])
 
     def chunks_in_pack(self, pack_id: str) -> dict[bytes, tuple[int, int, int, int, int, bytes]]:
@@ -263,7 +303,7 @@ class Index:
 
     def add_snapshot(self, snapshot_id: str, doc: dict[str, Any]) -> None:
         """Record a committed snapshot document and its volume versions in one transaction."""
-        with self._lock, self.conn:
+        with self._lock, self._transaction():
             self.conn.execute(
                 "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?)",
                 (
@@ -405,7 +445,7 @@ class Index:
         return out
 
     def add_verify_run(self, run: dict[str, Any]) -> None:
-        with self._lock, self.conn:
+        with self._lock, self._transaction():
             self.conn.execute(
                 "INSERT INTO verify_runs (started_at, duration_s, level, scope, ok, problems, bytes_read, packs_read, "
                 "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -19,6 +19,7 @@ from typing import Any, Final
 from catalog.assemble import load_manifest
 from catalog.errors import Error
 from catalog.index import SnapshotRow
+from catalog.lock import live_readers
 from catalog.repo import Repository, now_iso
 from catalog.store import PackWriter
 from catalog.types import HOLE_ID, ChunkId, ChunkLocation, PackId
@@ -26,6 +27,20 @@ from catalog.types import HOLE_ID, ChunkId, ChunkLocation, PackId
 log = logging.getLogger(__name__)
 
 DEFAULT_REPACK_BELOW: Final = 0.5  # repack a pack once less than half of it is still referenced
+
+
+class ReadersActive(Error):
+    template = "{count} reader(s) are using the repository ({who}); prune would delete packs under them"
+    hint = "run prune when verify and restore are done (schedule it after them), or stop them first"
+    code = "readers_active"
+    exit_code = 3
+
+
+class ManifestUnreadable(Error):
+    template = "manifest {manifest_id} of a kept version cannot be read ({detail}); nothing was collected"
+    hint = "run: toolkit verify --read-data, and repair before pruning"
+    code = "manifest_unreadable"
+    exit_code = 1
 
 
 class NothingToKeep(Error):
@@ -139,8 +154,8 @@ def live_chunks(repo: Repository, without: set[str] | None = None) -> set[bytes]
         try:
             manifest = load_manifest(repo.index, repo.reader, manifest_id)
         except Error as exc:
-            log.warning("manifest %s cannot be read (%s); its chunks are treated as live", manifest_id.hex(), exc)
-            continue
+            # Its chunks cannot be known, so no chunk can be called dead.
+            raise ManifestUnreadable(manifest_id=manifest_id.hex(), detail=str(exc)) from exc
         live.update(c for c in manifest.chunk_ids if c != HOLE_ID)
     return live
 
@@ -185,6 +200,9 @@ def collect_garbage(
         raise
     repo.reader.close()
     for pack_id, size in doomed:
+        if live_readers(repo.root):
+            # A reader started meanwhile: it may still know the old locations. Collect the rest next time.
+            break
         index.remove_pack(pack_id)  # only rows still naming this pack: the dead chunks
         repo.pack_file(pack_id).unlink(missing_ok=True)
         report.bytes_freed += size
@@ -201,6 +219,10 @@ def prune(
 ) -> PruneReport:
     """Apply ``policy``, then collect garbage; the caller holds the writer lock."""
     report = PruneReport(dry_run)
+    readers = live_readers(repo.root)
+    if readers and not dry_run:
+        who = ", ".join(f"{r.command} pid {r.pid} on {r.host}" for r in readers[:3])
+        raise ReadersActive(count=len(readers), who=who)
     snaps = repo.index.snapshots()
     protected = deleted_volume_protection(repo, policy, now)
     report.kept = select_snapshots(snaps, policy, protected)

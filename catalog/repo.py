@@ -37,7 +37,7 @@ from catalog.errors import (
     StoreVersionUnsupported,
 )
 from catalog.index import Index
-from catalog.lock import writer_lock
+from catalog.lock import register_reader, writer_lock
 from catalog.store import DEFAULT_PACK_TARGET_BYTES, DEFAULT_ZSTD_LEVEL, PackReader, fsync_dir, pack_path
 from catalog.types import PackEntry, PackId
 
@@ -116,11 +116,13 @@ def encode_snapshot_doc(doc: dict[str, Any]) -> tuple[str, bytes]:
 class Repository:
     """An open repository. Readers use it freely; writers go through :meth:`writing`."""
 
-    def __init__(self, root: Path, config: RepoConfig, index: Index) -> None:
+    def __init__(self, root: Path, config: RepoConfig, index: Index, *, command: str = "read") -> None:
         self.root = root
         self.config = config
         self.index = index
         self.reader = PackReader(root)
+        # Announced before the catalog is read, so a prune running meanwhile keeps the packs it may read.
+        self._reader_file = register_reader(root, command)
 
     # -- opening ----------------------------------------------------------
 
@@ -165,6 +167,9 @@ class Repository:
     def close(self) -> None:
         self.reader.close()
         self.index.close()
+        if self._reader_file is not None:
+            self._reader_file.unlink(missing_ok=True)
+            self._reader_file = None
 
     # -- writing ----------------------------------------------------------
 

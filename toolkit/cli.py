@@ -19,7 +19,7 @@ import click
 
 from catalog.check import FileToCheck, verify_files
 from catalog.check import verify as verify_repo
-from catalog.errors import Error
+from catalog.errors import Error, StoreFull
 from catalog.lock import break_lock
 from catalog.repo import Repository
 from toolkit import __version__
@@ -88,6 +88,18 @@ class Ctx:
     @contextlib.contextmanager
     def open(self, *, readonly: bool = True) -> Iterator[Repository]:
         repo = Repository.open(self.repo(), readonly=readonly, allow_other_owner=self.allow_other_owner)
+        try:
+            yield repo
+        finally:
+            repo.close()
+
+    @contextlib.contextmanager
+    def open_for_verify(self) -> Iterator[Repository]:
+        """Writable when possible (verify records what it read); read-only on a full or read-only disk."""
+        try:
+            repo = Repository.open(self.repo(), allow_other_owner=self.allow_other_owner)
+        except StoreFull:
+            repo = Repository.open(self.repo(), readonly=True, allow_other_owner=self.allow_other_owner)
         try:
             yield repo
         finally:
@@ -616,7 +628,7 @@ def verify(
         return
     progress = c.progress()
     started_at = datetime.now(UTC)
-    with c.open(readonly=False) as repo:  # records which packs were read, for the rotation
+    with c.open_for_verify() as repo:  # records which packs were read, for the rotation
         if volumes:
             when = parse_as_of(as_of, repo) if as_of else started_at.isoformat(timespec="microseconds")
             plan, _notes = plan_restore(repo, when, list(volumes))
@@ -639,7 +651,9 @@ def verify(
             )
             scope = "all" if report.level != "data-subset" else f"{report.packs_read} least recently verified packs"
         duration = (datetime.now(UTC) - started_at).total_seconds()
-        repo.index.add_verify_run(
+        record_verify_run(
+            repo,
+            report.warnings,
             {
                 "started_at": started_at.isoformat(timespec="microseconds"),
                 "duration_s": duration,
@@ -650,7 +664,7 @@ def verify(
                 "bytes_read": report.bytes_read,
                 "packs_read": report.packs_read,
                 "detail": {"problems": [p.message for p in report.problems][:50]},
-            }
+            },
         )
         cover = None
         if coverage:
@@ -690,6 +704,16 @@ def verify(
         sys.exit(1)
 
 
+def record_verify_run(repo: Repository, warnings: list[str], run: dict[str, Any]) -> None:
+    """Store a verify run in the catalog; a full or read-only disk only costs the record."""
+    import sqlite3
+
+    try:
+        repo.index.add_verify_run(run)
+    except (Error, sqlite3.Error) as exc:
+        warnings.append(f"could not record this run in the catalog ({exc})")
+
+
 def run_drill(c: Ctx, as_of: str | None, patterns: list[str], sample: int | None, scratch: Path | None) -> None:
     from toolkit.ops.drill import choose
     from toolkit.ops.drill import drill as drill_job
@@ -701,7 +725,10 @@ def run_drill(c: Ctx, as_of: str | None, patterns: list[str], sample: int | None
         results = drill_job(repo, when, keys, scratch=scratch)
         ok = all(r.ok for r in results)
         duration = (datetime.now(UTC) - started_at).total_seconds()
-        repo.index.add_verify_run(
+        drill_warnings: list[str] = []
+        record_verify_run(
+            repo,
+            drill_warnings,
             {
                 "started_at": started_at.isoformat(timespec="microseconds"),
                 "duration_s": duration,
@@ -712,7 +739,7 @@ def run_drill(c: Ctx, as_of: str | None, patterns: list[str], sample: int | None
                 "bytes_read": sum(r.size for r in results),
                 "packs_read": 0,
                 "detail": {"volumes": keys, "results": [r.to_json() for r in results]},
-            }
+            },
         )
     rows = [
         [
@@ -728,7 +755,9 @@ def run_drill(c: Ctx, as_of: str | None, patterns: list[str], sample: int | None
     total = sum(r.size for r in results)
     if total:
         text += f"\nrecovery time: {sum(r.seconds for r in results) / (total / (1 << 30)):.1f} s per GiB"
-    c.emit({"level": "drill", "ok": ok, "results": [r.to_json() for r in results]}, text)
+    for w in drill_warnings:
+        text += f"\nwarning: {w}"
+    c.emit({"level": "drill", "ok": ok, "results": [r.to_json() for r in results], "warnings": drill_warnings}, text)
     if not ok:
         sys.exit(1)
 
@@ -906,15 +935,26 @@ def repair(c: Ctx, rebuild_catalog: bool) -> None:
 
 @cli.command()
 @click.option("--force", is_flag=True, help="Remove the lock even if its holder may still run (another host).")
+@click.option(
+    "--older-than",
+    type=click.FloatRange(0, min_open=True),
+    metavar="HOURS",
+    help="Also treat a lock taken more than HOURS ago as stale (a holder on another host that died).",
+)
 @pass_ctx
-def unlock(c: Ctx, force: bool) -> None:
+def unlock(c: Ctx, force: bool, older_than: float | None) -> None:
     """Remove a writer lock left by a job that died.
+
+    A lock whose process is gone from this host is stale and removed. A lock
+    from another host is only removed when older than --older-than HOURS, or
+    with --force. A live holder keeps its lock (exit 3, naming it).
 
     \b
     Example:
       toolkit --repo /backup/appstacks unlock
+      toolkit --repo /backup/appstacks unlock --older-than 24
     """
-    held = break_lock(c.repo(), force=force)
+    held = break_lock(c.repo(), force=force, older_than_s=older_than * 3600 if older_than else None)
     if held is None:
         c.emit({"removed": None}, "repository is not locked")
     else:

@@ -136,3 +136,20 @@ def test_writer_lock_excludes_a_second_writer_and_breaks_stale_ones(tmp_path: Pa
     with writer_lock(root, "snapshot"):
         pass
     assert read_lock(root) is None
+
+
+def test_a_lock_from_another_host_is_stale_only_when_old(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    root = tmp_path / "r"
+    Repository.init(root).close()
+    since = (datetime.now(UTC) - timedelta(hours=30)).isoformat()
+    (root / "locks" / "writer").write_text(
+        json.dumps({"owner": "x", "pid": 1, "host": "elsewhere", "command": "snapshot", "since": since})
+    )
+    with pytest.raises(Locked):
+        break_lock(root)
+    with pytest.raises(Locked):
+        break_lock(root, older_than_s=48 * 3600)
+    assert break_lock(root, older_than_s=24 * 3600) is not None
+    assert read_lock(root) is None
