@@ -563,6 +563,9 @@ def schedule(c: Ctx, install_dir: Path | None, user: str | None, cron: bool) -> 
 @click.option("--coverage", type=click.IntRange(1), metavar="DAYS", help="Report the share of data read in DAYS days.")
 @click.option("--history", is_flag=True, help="Show the recorded verify runs instead of verifying.")
 @click.option("--drill", is_flag=True, help="Restore a rotating sample to scratch space, check it, clean up, time it.")
+@click.option("--live", is_flag=True, help="Compare the datastores and the manager with the newest snapshot.")
+@click.option("--source", "sources", multiple=True, help="With --live: a configured site/datastore or a directory.")
+@click.option("--rehash", is_flag=True, help="With --live: also re-read unchanged files and compare their content.")
 @click.option("--sample", type=click.IntRange(1), default=3, show_default=True, help="With --drill: how many volumes.")
 @click.option("--all", "drill_all", is_flag=True, help="With --drill: every volume.")
 @click.option("--scratch", type=click.Path(path_type=Path), help="With --drill: where to restore (default: temp dir).")
@@ -580,6 +583,9 @@ def verify(
     sample: int,
     drill_all: bool,
     scratch: Path | None,
+    live: bool,
+    sources: tuple[str, ...],
+    rehash: bool,
 ) -> None:
     """Prove every stored version can be reassembled; exit 1 naming what is damaged.
 
@@ -601,6 +607,7 @@ def verify(
       toolkit --repo /backup/appstacks verify --max-duration 3600 --coverage 30
       toolkit --repo /backup/appstacks verify --volume 'Office*' --as-of 2026-11-20T03:00
       toolkit --repo /backup/appstacks verify --drill --sample 2
+      toolkit verify --live --rehash
       toolkit --repo /backup/appstacks verify --history
     """
     if sum(bool(x) for x in (read_data, read_data_subset is not None, volumes and not drill, drill)) > 1:
@@ -625,6 +632,9 @@ def verify(
         return
     if drill:
         run_drill(c, as_of, list(volumes), None if drill_all else sample, scratch)
+        return
+    if live:
+        run_live(c, list(sources), rehash)
         return
     progress = c.progress()
     started_at = datetime.now(UTC)
@@ -712,6 +722,40 @@ def record_verify_run(repo: Repository, warnings: list[str], run: dict[str, Any]
         repo.index.add_verify_run(run)
     except (Error, sqlite3.Error) as exc:
         warnings.append(f"could not record this run in the catalog ({exc})")
+
+
+def run_live(c: Ctx, names: list[str], rehash: bool) -> None:
+    from toolkit.ops.live import live_check
+
+    started_at = datetime.now(UTC)
+    warnings: list[str] = []
+    with contextlib.ExitStack() as stack:
+        srcs = resolve_sources(c, names, stack, warnings.append)
+        with c.open_for_verify() as repo:
+            report = live_check(repo, srcs, rehash=rehash)
+            report.warnings[:0] = warnings
+            record_verify_run(
+                repo,
+                report.warnings,
+                {
+                    "started_at": started_at.isoformat(timespec="microseconds"),
+                    "duration_s": (datetime.now(UTC) - started_at).total_seconds(),
+                    "level": "live" + (" (rehash)" if rehash else ""),
+                    "scope": ", ".join(s.datastore for s in srcs),
+                    "ok": report.ok and not report.warnings,
+                    "problems": len(report.problems),
+                    "bytes_read": report.bytes_read,
+                    "packs_read": 0,
+                    "detail": {"problems": report.problems[:50]},
+                },
+            )
+    lines = [f"verify (live{', rehash' if rehash else ''}): {report.volumes_checked} volumes compared"]
+    lines += [f"warning: {w}" for w in report.warnings]
+    lines += [f"{p['kind'].upper()}: {p['volume']}: {p['detail']}" for p in report.problems]
+    lines.append("ok: the datastores match the newest snapshot" if report.ok else f"{len(report.problems)} problem(s)")
+    c.emit(report.to_json(), "\n".join(lines))
+    if not report.ok or report.warnings:
+        sys.exit(1)
 
 
 def run_drill(c: Ctx, as_of: str | None, patterns: list[str], sample: int | None, scratch: Path | None) -> None:

@@ -111,3 +111,38 @@ def test_a_drill_fails_on_a_disk_a_hypervisor_could_not_open(toolkit: Toolkit, t
     assert r.exit_code == 1
     assert "qemu-img check failed" in " ".join(out["results"][0]["problems"])
     assert toolkit.json("verify", "--history")["runs"][0]["ok"] is False
+
+
+def test_live_verify_finds_drift_missing_and_replica_mismatch(toolkit: Toolkit, tmp_path: Path) -> None:
+    import json
+    import os
+    import shutil
+
+    ds1, ds2 = tmp_path / "ds1", tmp_path / "ds2"
+    a = make_volume(ds1, "cloudvolumes/apps/Alpha.vmdk", size_mib=4, seed=1, real=False)
+    b = make_volume(ds1, "cloudvolumes/apps/Beta.vmdk", size_mib=4, seed=2, real=False)
+    shutil.copytree(ds1, ds2)  # a storage-group replica
+    toolkit("init")
+    assert toolkit("snapshot", str(ds1), str(ds2)).exit_code == 0
+    clean = toolkit("--json", "verify", "--live", "--rehash", "--source", str(ds1), "--source", str(ds2))
+    assert clean.exit_code == 0, clean.stdout
+    # Tampering that keeps size and time is found only by --rehash.
+    st = a.flat.stat()
+    with a.flat.open("r+b") as f:
+        f.seek(1 << 20)
+        f.write(b"tampered")
+    os.utime(a.flat, ns=(st.st_atime_ns, st.st_mtime_ns))
+    for p in b.files:
+        p.unlink()
+    quick = json.loads(toolkit("--json", "verify", "--live", "--source", str(ds1)).stdout)
+    assert {(p["kind"], p["volume"]) for p in quick["problems"]} == {("missing", "ds1/cloudvolumes/apps/Beta.vmdk")}
+    deep = toolkit("--json", "verify", "--live", "--rehash", "--source", str(ds1))
+    assert deep.exit_code == 1
+    kinds = {(p["kind"], p["volume"]) for p in json.loads(deep.stdout)["problems"]}
+    assert ("drift", "ds1/cloudvolumes/apps/Alpha.vmdk") in kinds
+    # Once a --rehash snapshot captures the tampered copy, the replicas differ.
+    assert toolkit("snapshot", "--rehash", str(ds1), str(ds2)).exit_code == 0
+    rep = json.loads(toolkit("--json", "verify", "--live", "--source", str(ds1), "--source", str(ds2)).stdout)
+    found = {(p["kind"], p["volume"]) for p in rep["problems"]}
+    assert ("replica-mismatch", "cloudvolumes/apps/Alpha.vmdk") in found
+    assert toolkit.json("verify", "--history")["runs"][0]["level"] == "live"
