@@ -46,7 +46,6 @@ import logging
 import math
 import posixpath
 import secrets
-import shlex
 import stat as stat_mode
 import struct
 import threading
@@ -59,6 +58,7 @@ from typing import Any, Final, NoReturn, Self, TypeVar
 
 import paramiko
 
+from catalog.chunker import FileDigest, zero_sha256
 from catalog.errors import Error
 from toolkit.errors import SourceNotFound
 from toolkit.esxi import HashedFetch, HostBlocks, helper_command, probe_command, read_block_hashes, request_blocks
@@ -85,7 +85,6 @@ LINK_RETRIES: Final = 2  # reconnects for one idempotent call before ConnectionL
 RETRY_BACKOFF_S: Final = 0.5  # wait before reconnect n is n times this: a restarting sshd gets a moment
 PARTIAL_MODE: Final = 0o600  # as local.py: a partial restore is nobody else's business
 DIR_MODE: Final = 0o755  # directories a restore creates
-DIGEST_TIMEOUT_S: Final = 3600.0  # hashing hundreds of GiB on the host takes minutes, not hours
 HASHED_TIMEOUT_S: Final = 600.0  # no byte for this long from the host helper: the link is dead
 DIGEST_INTERPRETERS: Final = ("python3", "python")  # ESXi 6.7+ names its interpreter "python"
 COMMAND_NOT_FOUND: Final = 127  # the shell's exit status for a missing command
@@ -1173,25 +1172,21 @@ class SftpTransport:
 
     # --- on-host digest ----------------------------------------------------------------------------
 
-    def remote_file_digest(self, path: str, chunk_size: int, *, timeout_s: float = DIGEST_TIMEOUT_S) -> str:
+    def remote_file_digest(self, path: str, chunk_size: int) -> str:
         """The file digest of docs/format.md §10 (SHA-256 over per-block SHA-256s), computed on the host.
 
-        Runs Python on the host over an exec channel (``python3``, else ``python``; isolated mode,
-        standard library only), so a restore can be checked without reading the data back.
+        The host helper of toolkit/esxi.py hashes the blocks there (standard-library Python,
+        isolated mode); only 33 bytes per block cross, so a restore is checked without
+        reading the data back.
         """
-        remote = self._remote(path)
-        for interpreter in DIGEST_INTERPRETERS:
-            command = shlex.join([interpreter, "-I", "-c", DIGEST_SNIPPET, remote, str(int(chunk_size))])
-            status, out, err = self._exec(remote, command, timeout_s)
-            if status == COMMAND_NOT_FOUND:
-                continue
-            digest = out.strip()
-            if status != 0 or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-                lines = err.strip().splitlines()
-                detail = lines[-1] if lines else f"{interpreter} exited with status {status}"
-                raise RemoteDigestFailed(host=self.host, path=remote, detail=detail)
-            return digest
-        raise RemoteDigestFailed(host=self.host, path=remote, detail="no python3 or python on the host")
+        digest = FileDigest()
+        with self.open_hashed(path, chunk_size) as (blocks, fetch):
+            for i, sha in enumerate(blocks.sha256s):
+                length = min(chunk_size, blocks.size - i * chunk_size)
+                digest.add_block_sha256(zero_sha256(length) if sha is None else sha)
+            for _ in fetch([]):  # ask for no block: the helper ends
+                pass
+        return digest.hexdigest()
 
     def _host_python(self, remote: str) -> str:
         """The first interpreter the host answers to (ESXi names its own "python")."""
@@ -1247,16 +1242,6 @@ class SftpTransport:
             return status, out.decode("ascii", "replace"), err.decode("utf-8", "replace")
 
         return self._with_link_retries(remote, run)
-
-
-# Python 3.5 compatible (ESXi 6.5/6.7), standard library only; the same computation as docs/format.md §10.
-DIGEST_SNIPPET: Final = """import hashlib,sys
-o=hashlib.sha256(); f=open(sys.argv[1],"rb"); n=int(sys.argv[2])
-while True:
-    b=f.read(n)
-    if not b: break
-    o.update(hashlib.sha256(b).digest())
-print(o.hexdigest())"""
 
 
 def _name_of(entry: paramiko.SFTPAttributes) -> str:
