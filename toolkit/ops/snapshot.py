@@ -232,17 +232,14 @@ def snapshot(
                     continue
                 prev_files = {}
                 if previous is not None:
-                    prev_files = {
-                        f.path: _file_entry(f.path, f.role, f.size, f.mtime_ns, f.manifest_id.hex(), f.digest)
-                        for f in index.files(previous.version_id)
-                    }
-                    if not prev_files:  # the previous run failed: compare with the last good capture
-                        good = index.newest_with_files(vol.key, previous.created_at)
-                        if good is not None:
-                            prev_files = {
-                                f.path: _file_entry(f.path, f.role, f.size, f.mtime_ns, f.manifest_id.hex(), f.digest)
-                                for f in index.files(good.version_id)
-                            }
+                    # A previous run that failed or skipped has no files: compare with the last good capture.
+                    good = previous if index.files(previous.version_id) else None
+                    good = good or index.newest_with_files(vol.key, previous.created_at)
+                    if good is not None:
+                        prev_files = {
+                            f.path: _file_entry(f.path, f.role, f.size, f.mtime_ns, f.manifest_id.hex(), f.digest)
+                            for f in index.files(good.version_id)
+                        }
                 emit("volume_start", {"key": vol.key, "size": sum(f.info.size for f in vol.files)})
                 try:
                     files = _capture(
