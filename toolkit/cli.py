@@ -396,13 +396,24 @@ def volumes(c: Ctx) -> None:
     ]
     text = table(
         [
-            [d["key"], d["kind"], d["state"], d["last_seen"][:19], human_bytes(d["size"]), str(d["versions"])]
+            [
+                d["name"] or "",
+                d["key"],
+                d["kind"],
+                d["state"],
+                d["last_seen"][:19],
+                human_bytes(d["size"]),
+                str(d["versions"]),
+            ]
             for d in data
         ],
-        ["VOLUME", "KIND", "STATE", "LAST SNAPSHOT (UTC)", "SIZE", "VERSIONS"],
+        ["NAME", "VOLUME", "KIND", "STATE", "LAST SNAPSHOT (UTC)", "SIZE", "VERSIONS"],
     )
     ratio = logical / totals[0] if totals[0] else 0.0
-    text += f"\nrepository: {human_bytes(totals[0])} in packs for {human_bytes(logical)} of versions (×{ratio:.1f})"
+    text += (
+        f"\nrepository: {human_bytes(totals[0])} in packs for {human_bytes(logical)}"
+        f" across {sum(counts.values())} versions (×{ratio:.1f})"
+    )
     c.emit({"volumes": data, "pack_bytes": totals[0], "logical_bytes": logical}, text)
 
 
@@ -423,6 +434,7 @@ def history(c: Ctx, name: str) -> None:
     data = [
         {
             "key": v.volume_key,
+            "name": v.name,
             "snapshot": v.snapshot_id,
             "created_at": v.created_at,
             "state": v.state,
@@ -434,6 +446,7 @@ def history(c: Ctx, name: str) -> None:
     text = table(
         [
             [
+                v.name or "",
                 v.volume_key,
                 v.snapshot_id[:12],
                 v.created_at[:19],
@@ -443,7 +456,7 @@ def history(c: Ctx, name: str) -> None:
             ]
             for v in rows
         ],
-        ["VOLUME", "SNAPSHOT", "CREATED (UTC)", "STATE", "SIZE", "REASON"],
+        ["NAME", "VOLUME", "SNAPSHOT", "CREATED (UTC)", "STATE", "SIZE", "REASON"],
     )
     c.emit({"versions": data}, text if rows else f"no volume matches {name!r}")
     if not rows:
