@@ -654,7 +654,7 @@ def verify(
     with c.open_for_verify() as repo:  # records which packs were read, for the rotation
         if volumes:
             when = parse_as_of(as_of, repo) if as_of else started_at.isoformat(timespec="microseconds")
-            plan, _notes = plan_restore(repo, when, list(volumes))
+            plan, _notes = plan_restore(repo, when, list(volumes), one_destination=False)
             files = [
                 FileToCheck(
                     p.version.volume_key, p.version.snapshot_id, p.version.created_at, f.path, f.manifest_id, f.digest

@@ -90,12 +90,15 @@ def plan_restore(
     datastores: list[str] | None = None,
     *,
     previous: int | None = None,
+    one_destination: bool = True,
 ) -> tuple[list[PlannedVolume], list[str]]:
     """The version of each selected volume to restore, and notes on volumes left out.
 
     With ``previous`` N, each volume's Nth distinct version before its newest one
     (captured at or before ``as_of``) is chosen instead: 1 is the version before the
-    last change.
+    last change. ``one_destination`` refuses a plan where two volumes (replicas on
+    different datastores) would land on the same path; verification, which writes
+    nothing, turns it off.
     """
     index = repo.index
     plan: list[PlannedVolume] = []
@@ -127,12 +130,16 @@ def plan_restore(
             chosen, note = older, f"{previous} version(s) before the newest"
         plan.append(PlannedVolume(chosen, index.files(chosen.version_id), note))
     if not plan:
-        what = f"{', '.join(patterns)} as of {as_of}" if patterns else f"anything as of {as_of}"
-        raise NothingToRestore(
-            detail=what + ("" if not notes else f" ({len(notes)} volume(s) deleted or never captured)")
-        )
+        when = f"{as_of[:19].replace('T', ' ')} UTC"
+        what = f"{', '.join(patterns)} as of {when}" if patterns else f"anything as of {when}"
+        snaps = index.snapshots()
+        if snaps and min(s.created_at for s in snaps) > as_of:
+            what += f" (the oldest snapshot is from {min(s.created_at for s in snaps)[:19].replace('T', ' ')} UTC)"
+        elif notes:
+            what += f" ({len(notes)} volume(s) deleted or never captured)"
+        raise NothingToRestore(detail=what)
     paths: dict[str, str] = {}
-    for p in plan:
+    for p in plan if one_destination else []:
         for f in p.files:
             other = paths.setdefault(f.path, p.version.volume_key)
             if other != p.version.volume_key:
