@@ -192,8 +192,9 @@ def test_changed_snapshot(benchmark: Any, data: Data, repos: Repos) -> None:
 # -- restore and verify ----------------------------------------------------------
 
 
-def test_restore(benchmark: Any, data: Data, repo_a: Repository, tmp_path: Path) -> None:
-    """Full restore of A's snapshot (sparse, digest-checked, fsynced per file)."""
+@pytest.mark.parametrize("verify_landed", ["written", "readback"])
+def test_restore(benchmark: Any, data: Data, repo_a: Repository, tmp_path: Path, verify_landed: str) -> None:
+    """Full restore of A's snapshot (sparse, digest-checked, fsynced per file), each landed-data check."""
     when = repo_a.index.snapshots()[0].created_at
     targets: list[Path] = []
 
@@ -204,12 +205,12 @@ def test_restore(benchmark: Any, data: Data, repo_a: Repository, tmp_path: Path)
         return (target,), {}
 
     def run(target: Path) -> int:
-        rep = restore(repo_a, when, LocalTransport(target))
+        rep = restore(repo_a, when, LocalTransport(target), verify_landed=verify_landed)
         assert rep.ok, rep.to_json()
         return rep.bytes_written
 
     written = benchmark.pedantic(run, setup=setup, teardown=rmtree, rounds=3)
-    _record(benchmark, written)
+    _record(benchmark, written, verify_landed=verify_landed)
 
 
 def test_verify_read_data(benchmark: Any, repo_a: Repository, data: Data) -> None:

@@ -16,6 +16,15 @@ Modes (``--modes``, comma separated, default all three):
   time of a no-change backup for each tool.
 * ``sparse``: one volume with a 20 GiB sparse flat file holding a few MiB of
   random data: the toolkit's snapshot, restore and verify, with peak RSS.
+* ``restore``: data set A backed up once per tool, then ``--restore-runs`` full
+  restores per tool, the tools taking turns (warm repository, ``sync`` before,
+  the ``sync`` after timed on its own, every restore compared with ``cmp``):
+  more restore samples in less time than ``peers``, for tuning the restore path.
+
+Tools: ``toolkit``, ``toolkit-readback`` (the toolkit restoring with
+``--verify-landed readback``), ``toolkit-baseline`` (the checkout given with
+``--baseline DIR``: before and after a change in one invocation), ``restic``,
+``borg-zstd3``, ``borg-lz4``.
 
 Prints markdown tables (absolute figures, ratios toolkit vs each peer, the
 project's targets) and writes every measurement as JSON.
@@ -99,9 +108,11 @@ class Tool:
 
 
 class Toolkit(Tool):
-    def __init__(self, workdir: Path, chunk_size: str | None = None) -> None:
-        pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-        super().__init__("toolkit", workdir, {"PYTHONPATH": pythonpath})
+    def __init__(
+        self, workdir: Path, chunk_size: str | None = None, *, root: Path = REPO_ROOT, name: str = "toolkit"
+    ) -> None:
+        pythonpath = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+        super().__init__(name, workdir, {"PYTHONPATH": pythonpath})
         self.chunk_size = chunk_size
 
     def _cli(self, repo: Path, *args: str) -> list[str]:
@@ -126,6 +137,18 @@ class Toolkit(Tool):
 
     def check(self, repo: Path) -> list[str]:
         return self._cli(repo, "-q", "verify", "--read-data")
+
+
+class ToolkitReadback(Toolkit):
+    """The toolkit restoring with ``--verify-landed readback`` (every file read back from the disk)."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.name = "toolkit readback"
+
+    def restore(self, repo: Path, n: int, target: Path) -> tuple[list[str], Path]:
+        cmd, landed = super().restore(repo, n, target)
+        return [*cmd, "--verify-landed", "readback"], landed
 
 
 class Restic(Tool):
@@ -191,9 +214,11 @@ class Borg(Tool):
         rmtree(self.home)
 
 
-def make_tools(names: list[str], workdir: Path) -> list[Tool]:
+def make_tools(names: list[str], workdir: Path, baseline: Path | None = None) -> list[Tool]:
     factories: dict[str, Callable[[], Tool]] = {
         "toolkit": lambda: Toolkit(workdir),
+        "toolkit-readback": lambda: ToolkitReadback(workdir),
+        "toolkit-baseline": lambda: Toolkit(workdir, root=baseline or REPO_ROOT, name="toolkit baseline"),
         "restic": lambda: Restic(workdir),
         "borg-zstd3": lambda: Borg(workdir, "zstd,3"),
         "borg-lz4": lambda: Borg(workdir, "lz4"),
@@ -201,7 +226,9 @@ def make_tools(names: list[str], workdir: Path) -> list[Tool]:
     unknown = [n for n in names if n not in factories]
     if unknown:
         raise SystemExit(f"error: unknown tool(s) {', '.join(unknown)}; choose from {', '.join(factories)}")
-    missing = [n for n in names if n != "toolkit" and shutil.which(n.split("-")[0]) is None]
+    if "toolkit-baseline" in names and baseline is None:
+        raise SystemExit("error: toolkit-baseline needs --baseline DIR (another checkout of this repository)")
+    missing = [n for n in names if not n.startswith("toolkit") and shutil.which(n.split("-")[0]) is None]
     if missing:
         raise SystemExit(f"error: {', '.join(missing)} not installed (Debian packages restic, borgbackup)")
     return [factories[n]() for n in names]
@@ -334,7 +361,7 @@ def peers_mode(args: argparse.Namespace, workdir: Path, logs: Path, results: dic
         m = run_measured(["sh", "-c", f"cat {flats} | zstd -3 -T0 -q -c > /dev/null"])
         results["calibration_zstd3_s"] = m.wall_s
         print(f"calibration: cat A | zstd -3 -T0: {m.wall_s:.2f} s", file=sys.stderr)
-    tools = make_tools(args.tools.split(","), workdir)
+    tools = make_tools(args.tools.split(","), workdir, args.baseline)
     runs: list[dict[str, Any]] = []
     for i in range(args.runs):
         k = i % len(tools)
@@ -391,6 +418,113 @@ def summarize(runs: list[dict[str, Any]], size: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------
+# restores only: one backup of A per tool, then restores taking turns
+# ---------------------------------------------------------------------------
+
+
+def restore_mode(args: argparse.Namespace, workdir: Path, logs: Path, results: dict[str, Any]) -> None:
+    data = Datasets(workdir)
+    held = data.holding()
+    if held is not None:
+        data.cur.rename(workdir / held)
+    a = generate_a(workdir / "A", args.volumes, args.size_mib, reuse=args.reuse_data)
+    size = logical_bytes(a)
+    src = data.place("A")
+    tools = make_tools(args.tools.split(","), workdir, args.baseline)
+    repos: dict[str, Path] = {}
+    for tool in tools:
+        slug = tool.name.replace(" ", "-").replace(",", "")
+        repo = workdir / f"repo-restore-{slug}"
+        rmtree(repo)
+        tool.cleanup()
+        env, log = tool.environ(), logs / f"{repo.name}.log"
+        run_measured(tool.init(repo), cwd=workdir, env=env, log=log)
+        print(f"restore mode: backing up A with {tool.name} ...", file=sys.stderr)
+        warm(src)
+        sync()
+        run_measured(tool.backup(repo, src, 1), cwd=workdir, env=env, log=log)
+        repos[tool.name] = repo
+    runs: list[dict[str, Any]] = []
+    for i in range(args.restore_runs):
+        k = i % len(tools)
+        for tool in tools[k:] + tools[:k]:
+            repo = repos[tool.name]
+            target = workdir / f"restore-{tool.name.replace(' ', '-').replace(',', '')}"
+            rmtree(target)
+            env, log = tool.environ(), logs / f"{repo.name}.log"
+            cmd, landed = tool.restore(repo, 1, target)
+            warm(repo)
+            sync()
+            load = round(os.getloadavg()[0], 2)
+            m = run_measured(cmd, cwd=workdir, env=env, log=log)
+            r: dict[str, Any] = {"tool": tool.name, "run": i + 1, "load1": load}
+            r |= {"restore_s": m.wall_s, "restore_cpu_s": m.cpu_s, "restore_rss_mib": m.rss_mib}
+            r["restore_sync_s"] = timed_sync()
+            r["restore_plus_sync_s"] = r["restore_s"] + r["restore_sync_s"]
+            if not landed.is_dir():
+                landed = next((p for p in target.rglob("cur") if p.is_dir()), landed)
+            flats = sorted(p for p in landed.iterdir() if p.name.endswith("-flat.vmdk")) if landed.is_dir() else []
+            r["restore_allocated_bytes"] = sum(allocated_bytes(p) for p in flats)
+            r["restore_ok"] = bool(flats) and not compare_trees(src, landed)
+            rmtree(target)
+            runs.append(r)
+            print(
+                f"run {i + 1}/{args.restore_runs}: {tool.name} restore {r['restore_s']:.2f} s "
+                f"(+sync {r['restore_sync_s']:.2f}), CPU {r['restore_cpu_s']:.1f} s, load {load}, "
+                f"ok={r['restore_ok']}",
+                file=sys.stderr,
+            )
+            save(results | {"restore_runs": runs}, args)
+    for tool in tools:
+        rmtree(repos[tool.name])
+        tool.cleanup()
+    out: dict[str, Any] = {"logical_bytes": size, "runs": runs, "tools": {}}
+    for tool in tools:
+        mine = [r for r in runs if r["tool"] == tool.name]
+        s: dict[str, Any] = {"n": len(mine), "restore_ok": all(r["restore_ok"] for r in mine)}
+        for key in ("restore_s", "restore_plus_sync_s", "restore_cpu_s", "restore_rss_mib", "restore_allocated_bytes"):
+            vals = [float(r[key]) for r in mine]
+            s[key] = {"median": median(vals), "min": min(vals), "max": max(vals), "values": vals}
+        out["tools"][tool.name] = s
+    results["restore"] = out
+
+
+def restore_tables(res: dict[str, Any]) -> str:
+    tools = res["tools"]
+    size = res["logical_bytes"]
+    rows = [
+        [
+            name,
+            s["n"],
+            f"{spread(s['restore_s']['values'])} ({size / MiB / s['restore_s']['median']:.0f})",
+            spread(s["restore_plus_sync_s"]["values"]),
+            f"{s['restore_cpu_s']['median']:.1f}",
+            f"{s['restore_rss_mib']['median']:.0f}",
+            _mib(s["restore_allocated_bytes"]["median"]),
+            "ok" if s["restore_ok"] else "MISMATCH",
+        ]
+        for name, s in tools.items()
+    ]
+    headers = ["tool", "n", "restore s (MiB/s)", "restore + sync s", "CPU s", "RSS MiB", "allocated MiB", "cmp"]
+    text = md_table(headers, rows)
+    peers = [n for n in tools if not n.startswith("toolkit")]
+    mine = [n for n in tools if n.startswith("toolkit")]
+    if peers and mine:
+        ratio_rows = []
+        for n in mine:
+            for key, label in (("restore_s", "as run"), ("restore_plus_sync_s", "both + sync")):
+                ratio_rows.append(
+                    [
+                        f"{n}, {label}",
+                        *[f"{tools[p][key]['median'] / tools[n][key]['median']:.2f}x" for p in peers],
+                    ]
+                )
+        text += "\n\nRestore speed ratios (medians; >1 = toolkit faster):\n\n"
+        text += md_table(["toolkit", *[f"vs {p}" for p in peers]], ratio_rows)
+    return text
+
+
+# ---------------------------------------------------------------------------
 # 100 volumes, no change
 # ---------------------------------------------------------------------------
 
@@ -400,7 +534,7 @@ def many_mode(args: argparse.Namespace, workdir: Path, logs: Path, results: dict
     print(f"generating {args.many_volumes} x {args.many_size_mib} MiB volumes ...", file=sys.stderr)
     generate_a(src, args.many_volumes, args.many_size_mib, seed="3", reuse=args.reuse_data)
     out: dict[str, Any] = {"volumes": args.many_volumes, "size_mib": args.many_size_mib, "tools": {}}
-    for tool in make_tools(args.tools.split(","), workdir):
+    for tool in make_tools(args.tools.split(","), workdir, args.baseline):
         repo = workdir / f"repo-many-{tool.name.replace(' ', '-').replace(',', '')}"
         rmtree(repo)
         tool.cleanup()
@@ -691,6 +825,8 @@ def report(results: dict[str, Any]) -> str:
             f"cmp {'ok' if s['restore_ok'] else 'MISMATCH'}.",
             "",
         ]
+    if "restore" in results:
+        parts += ["## Restores of data set A, tools taking turns", "", restore_tables(results["restore"]), ""]
     rows = targets(results)
     if rows:
         parts += ["## Targets", "", md_table(["target", "measured", "status"], rows), ""]
@@ -712,7 +848,14 @@ def main(argv: list[str] | None = None) -> int:
         default=str(Path(tempfile.gettempdir()) / "bench-peers"),
         help="data, repositories and restores go here",
     )
-    ap.add_argument("--modes", default="peers,many,sparse", help="comma list of: peers, many, sparse")
+    ap.add_argument("--modes", default="peers,many,sparse", help="comma list of: peers, many, sparse, restore")
+    ap.add_argument("--restore-runs", type=int, default=3, help="restores per tool in the restore mode")
+    ap.add_argument(
+        "--baseline",
+        type=lambda v: Path(v).resolve(),
+        metavar="DIR",
+        help="another checkout of this repository, measured as the tool toolkit-baseline (before/after a change)",
+    )
     ap.add_argument("--tools", default="toolkit,restic,borg-zstd3,borg-lz4")
     ap.add_argument("--json-out", help="results file (default WORKDIR/compare_peers.json)")
     ap.add_argument("--reuse-data", action="store_true", help="keep A/B/many from an earlier run when they match")
@@ -724,11 +867,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sparse-data-mib", type=int, default=5)
     args = ap.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if bad := [m for m in modes if m not in ("peers", "many", "sparse")]:
+    if bad := [m for m in modes if m not in ("peers", "many", "sparse", "restore")]:
         ap.error(f"unknown mode(s): {', '.join(bad)}")
     if "toolkit" not in args.tools.split(","):
         ap.error("--tools must include toolkit")
-    if "peers" in modes or "many" in modes:
+    if "peers" in modes or "many" in modes or "restore" in modes:
         find_generator()  # fail before any work when the generator is missing
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -748,6 +891,9 @@ def main(argv: list[str] | None = None) -> int:
             save(results, args)
         if "sparse" in modes:
             sparse_mode(args, workdir, logs, results)
+            save(results, args)
+        if "restore" in modes:
+            restore_mode(args, workdir, logs, results)
             save(results, args)
     except StepFailed as exc:
         save(results, args)

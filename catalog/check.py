@@ -8,6 +8,13 @@ Levels:
 - ``data`` (``read_data``): additionally every selected pack is read end to end:
   its xxh3-128 must equal its name, every record must decode to bytes whose
   xxh3-128 is the chunk id, and the trailer index must match the catalog.
+  A pack that fails any of this is read a second time: what fails once and reads
+  sound the second time is a storage-health warning (the medium or the path to it
+  returned wrong bytes once), not damage; what fails both times is damage.
+
+Chunks that repair found lost (their pack was damaged and quarantined, see
+:mod:`catalog.salvage`) are problems of kind ``lost`` naming every version that
+needs them, until a snapshot stores them again.
 """
 
 from __future__ import annotations
@@ -19,13 +26,15 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, Protocol
 
 import xxhash
 
 from catalog import pack
 from catalog.assemble import digest_from_catalog, load_manifest
 from catalog.errors import ChunkCorrupt, Error, PackCorrupt
+from catalog.index import LostChunk
 from catalog.repo import Repository, now_iso
 from catalog.store import check_chunk
 from catalog.types import HOLE_ID
@@ -33,6 +42,39 @@ from catalog.types import HOLE_ID
 READ_BLOCK: Final = 1 << 20
 
 Progress = Callable[[int], None]
+
+
+class PackFile(Protocol):
+    """One pack file opened for reading."""
+
+    def size(self) -> int: ...
+
+    def read(self, offset: int, size: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+OpenPack = Callable[[Path], PackFile]  # raises FileNotFoundError for a missing pack
+
+
+class LocalPackFile:
+    """A pack file read with ``pread`` (the only kind there is; tests wrap it to inject read faults)."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def open_pack_file(path: Path) -> PackFile:
+    return LocalPackFile(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +106,29 @@ class Problem:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class StorageWarning:
+    """A check that failed on one read of a pack and passed on the other: the stored bytes are sound."""
+
+    pack_id: str
+    chunk_id: str | None  # None: the pack as a whole (its header or its xxh3-128)
+    detail: str  # what the failing read showed
+
+    @property
+    def message(self) -> str:
+        what = f"chunk {self.chunk_id[:12]} in pack {self.pack_id[:12]}" if self.chunk_id else f"pack {self.pack_id}"
+        return f"{what} failed its check on one read ({self.detail}) and read sound on the other"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pack_id": self.pack_id, "chunk_id": self.chunk_id, "detail": self.detail, "message": self.message}
+
+
 @dataclass(slots=True)
 class VerifyReport:
     level: str
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    storage_health: list[StorageWarning] = field(default_factory=list)
     snapshots: int = 0
     versions: int = 0
     manifests: int = 0
@@ -94,6 +154,7 @@ class VerifyReport:
             "chunks_read": self.chunks_read,
             "problems": [p.to_json() for p in self.problems],
             "warnings": self.warnings,
+            "storage_health": [w.to_json() for w in self.storage_health],
         }
 
 
@@ -104,31 +165,66 @@ class _PackResult:
     chunks_read: int = 0
     bad_chunks: dict[str, str] = field(default_factory=dict)  # chunk hex -> why
     pack_problem: str | None = None
+    missing: bool = False
+    storage_health: list[StorageWarning] = field(default_factory=list)
+
+    @property
+    def sound(self) -> bool:
+        return self.pack_problem is None and not self.bad_chunks
+
+
+def _check_pack(
+    repo: Repository,
+    pack_id: str,
+    expected: dict[bytes, tuple[int, int, int, int, int, bytes]],
+    open_pack: OpenPack,
+) -> _PackResult:
+    """Read a pack; when something fails, read it again and keep as damage only what fails both times."""
+    first = _read_pack(repo, pack_id, expected, open_pack)
+    if first.sound or first.missing:
+        return first
+    second = _read_pack(repo, pack_id, expected, open_pack)
+    res = _PackResult(pack_id, first.bytes_read + second.bytes_read, second.chunks_read, missing=second.missing)
+    for chex in sorted(first.bad_chunks.keys() | second.bad_chunks.keys()):
+        if chex in first.bad_chunks and chex in second.bad_chunks:
+            res.bad_chunks[chex] = second.bad_chunks[chex]
+        else:
+            why = first.bad_chunks.get(chex) or second.bad_chunks[chex]
+            res.storage_health.append(StorageWarning(pack_id, chex, why))
+    if first.pack_problem and second.pack_problem:
+        res.pack_problem = second.pack_problem
+    elif not res.storage_health and (first.pack_problem or second.pack_problem):
+        res.storage_health.append(StorageWarning(pack_id, None, str(first.pack_problem or second.pack_problem)))
+    return res
 
 
 def _read_pack(
-    repo: Repository, pack_id: str, expected: dict[bytes, tuple[int, int, int, int, int, bytes]]
+    repo: Repository,
+    pack_id: str,
+    expected: dict[bytes, tuple[int, int, int, int, int, bytes]],
+    open_pack: OpenPack,
 ) -> _PackResult:
     """Stream one pack: hash it whole and check each record the catalog expects in it."""
     res = _PackResult(pack_id)
     path = repo.pack_file(pack_id)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        pf = open_pack(path)
     except FileNotFoundError:
         res.pack_problem = "pack file is missing"
         res.bad_chunks = {cid.hex(): "its pack is missing" for cid in expected}
+        res.missing = True
         return res
     whole = xxhash.xxh3_128()
     by_offset = sorted(expected.items(), key=lambda kv: kv[1][1])
     pos = 0
     try:
-        size = os.fstat(fd).st_size
+        size = pf.size()
 
         def read_to(end: int) -> bytes:
             nonlocal pos
             parts = []
             while pos < end:
-                part = os.pread(fd, min(READ_BLOCK, end - pos), pos)
+                part = pf.read(pos, min(READ_BLOCK, end - pos))
                 if not part:
                     break
                 whole.update(part)
@@ -160,13 +256,22 @@ def _read_pack(
                 res.bad_chunks[cid.hex()] = "record header does not match the catalog"
                 continue
             try:
-                check_chunk(cid, pack_id, codec, stored, raw_size)  # type: ignore[arg-type]
+                check_chunk(
+                    cid,  # type: ignore[arg-type]
+                    pack_id,
+                    codec,
+                    stored,
+                    raw_size,
+                    keys=repo.keys,  # encrypted: authenticated and decrypted, SHA-256 field checked too
+                    type_=_type,
+                    sha_field=_sha,
+                )
             except ChunkCorrupt as exc:
                 res.bad_chunks[cid.hex()] = str(exc.fields["detail"])
             res.chunks_read += 1
         read_to(size)
     finally:
-        os.close(fd)
+        pf.close()
     if res.pack_problem is None and whole.hexdigest() != pack_id:
         res.pack_problem = "pack content does not match its name (xxh3-128)"
     return res
@@ -180,13 +285,16 @@ def verify(
     max_duration_s: float | None = None,
     workers: int = 2,
     progress: Progress | None = None,
+    open_pack: OpenPack | None = None,
 ) -> VerifyReport:
     """Check the whole repository at the chosen level; every problem is gathered.
 
     With ``max_duration_s``, reading stops once the budget is spent (least
     recently verified packs go first, so successive runs still cover everything)
-    and the report says how many packs were read.
+    and the report says how many packs were read. ``open_pack`` opens a pack
+    file for the data levels (default: :func:`open_pack_file`).
     """
+    opener = open_pack or open_pack_file
     started = time.monotonic()
     index = repo.index
     level = "data" if read_data else ("data-subset" if subset_pct is not None else "metadata")
@@ -220,11 +328,7 @@ def verify(
     chunk_pack: dict[str, str] = {}
     selected: list[str] = []
     for pack_id, size, _count, _verified in packs:
-        path = repo.pack_file(pack_id)
-        try:
-            actual = path.stat().st_size
-        except FileNotFoundError:
-            actual = -1
+        actual = repo.pack_size(pack_id)  # -1: missing
         if actual != size:
             why = "pack file is missing" if actual < 0 else f"pack file is {actual} bytes, {size} recorded"
             report.problems.append(Problem("pack", why, pack_id=pack_id))
@@ -248,7 +352,7 @@ def verify(
         verified_ok: list[str] = []
 
         def one(pid: str) -> _PackResult:
-            return _read_pack(repo, pid, index.chunks_in_pack(pid))
+            return _check_pack(repo, pid, index.chunks_in_pack(pid), opener)
 
         def within_budget() -> bool:
             return max_duration_s is None or time.monotonic() - started < max_duration_s
@@ -266,6 +370,8 @@ def verify(
                 if not pending:
                     break
                 results.append(pending.popleft().result())
+                if progress is not None:
+                    progress(results[-1].bytes_read)
             if len(results) < len(selected):
                 report.warnings.append(
                     f"time budget reached: {len(results)} of {len(selected)} packs read this run; "
@@ -275,8 +381,7 @@ def verify(
                 report.packs_read += 1
                 report.bytes_read += res.bytes_read
                 report.chunks_read += res.chunks_read
-                if progress is not None:
-                    progress(res.bytes_read)
+                report.storage_health += res.storage_health
                 if res.pack_problem:
                     report.problems.append(Problem("pack", res.pack_problem, pack_id=res.pack_id))
                 for chex, why in res.bad_chunks.items():
@@ -292,8 +397,14 @@ def verify(
     # 3. every version's manifest and digest
     bad_manifests: dict[bytes, str] = {}
     manifest_bad_chunks: dict[bytes, list[str]] = {}
+    lost = index.lost_chunks()
+    lost_uses = index.lost_uses() if lost else {}
+    lost_manifests: dict[bytes, set[bytes]] = {}
     for manifest_id, recorded in index.distinct_manifests():
         report.manifests += 1
+        if manifest_id in lost_uses:
+            lost_manifests[manifest_id] = lost_uses[manifest_id]
+            continue
         if manifest_id.hex() in bad_chunks:
             bad_manifests[manifest_id] = f"manifest is damaged: {bad_chunks[manifest_id.hex()]}"
             continue
@@ -336,7 +447,36 @@ def verify(
         if mid.hex() in bad_chunks:
             continue
         report.problems.append(Problem("manifest", why, chunk_ids=[mid.hex()], affected=affected_by([mid])))
+    report.problems += _lost_problems(lost, lost_manifests, affected_by)
     return report
+
+
+def _lost_problems(
+    lost: dict[bytes, LostChunk],
+    lost_manifests: dict[bytes, set[bytes]],
+    affected_by: Callable[[list[bytes]], list[Affected]],
+) -> list[Problem]:
+    """One problem per pack the lost chunks were last stored in, naming every version that needs them."""
+    by_pack: dict[str, set[bytes]] = {}
+    for cids in lost_manifests.values():
+        for cid in cids:
+            origin = lost[cid].pack_id if cid in lost else None
+            by_pack.setdefault(origin or "", set()).add(cid)
+    problems = []
+    for origin, cids in sorted(by_pack.items()):
+        when = min((lost[c].lost_at for c in cids if c in lost), default="")
+        where = f"with pack {origin[:12]} (quarantined {when[:19]})" if origin else "(no pack holds them)"
+        problems.append(
+            Problem(
+                "lost",
+                f"{len(cids)} chunk(s) lost {where}; a snapshot stores them again from volumes still on "
+                "their datastores",
+                pack_id=origin or None,
+                chunk_ids=sorted(c.hex() for c in cids),
+                affected=affected_by([m for m, used in lost_manifests.items() if used & cids]),
+            )
+        )
+    return problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,13 +497,16 @@ def verify_files(
 
     report = VerifyReport("restore-path")
     seen: dict[bytes, str | None] = {}
+    versions: set[tuple[str, str]] = set()
+    packs: set[str] = set()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
         for f in files:
-            report.versions += 1
+            versions.add((f.volume, f.snapshot_id))
             if f.manifest_id not in seen:
                 report.manifests += 1
                 try:
                     manifest = load_manifest(repo.index, repo.reader, f.manifest_id)
+                    packs.update(loc.pack_id for loc in repo.index.locate_many(manifest.chunk_ids).values())
                     got = restore_file(
                         repo.index, repo.reader, manifest, lambda _off, _data: None, pool=pool, progress=progress
                     )
@@ -382,4 +525,7 @@ def verify_files(
                         affected=[Affected(f.volume, f.snapshot_id, f.created_at, f.path)],
                     )
                 )
+    report.versions = len(versions)
+    report.snapshots = len({snap for _volume, snap in versions})
+    report.packs_read = report.packs_total = len(packs)
     return report

@@ -15,10 +15,13 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from catalog.errors import CatalogCorrupt, StoreFull
 from catalog.types import ChunkId, ChunkLocation, PackEntry, PackId
+
+if TYPE_CHECKING:
+    from catalog.crypto import RepoKeys
 
 SCHEMA_VERSION: Final = 1
 
@@ -60,6 +63,17 @@ CREATE TABLE IF NOT EXISTS files (
     version_id INTEGER NOT NULL REFERENCES versions(id), path TEXT NOT NULL, role TEXT NOT NULL,
     size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, manifest_id BLOB NOT NULL, digest TEXT NOT NULL,
     PRIMARY KEY (version_id, path)
+);
+CREATE TABLE IF NOT EXISTS lost_chunks (
+    id BLOB PRIMARY KEY, type INTEGER NOT NULL, pack_id TEXT, lost_at TEXT NOT NULL, reason TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lost_uses (
+    manifest_id BLOB NOT NULL, chunk_id BLOB NOT NULL, PRIMARY KEY (manifest_id, chunk_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS lost_uses_chunk ON lost_uses(chunk_id);
+CREATE TABLE IF NOT EXISTS quarantine (
+    pack_id TEXT PRIMARY KEY, quarantined_at TEXT NOT NULL, reason TEXT NOT NULL,
+    chunks_recovered INTEGER NOT NULL, chunks_lost INTEGER NOT NULL, moved_at TEXT
 );
 """
 
@@ -117,6 +131,29 @@ class VersionRow:
 
 
 @dataclass(frozen=True, slots=True)
+class LostChunk:
+    """A chunk a file version references that no pack holds any more (see catalog.salvage)."""
+
+    chunk_id: ChunkId
+    type: int
+    pack_id: str | None  # the pack it was last stored in, when known
+    lost_at: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRow:
+    """A damaged pack that repair took out of use, to be kept in ``quarantine/``."""
+
+    pack_id: str
+    quarantined_at: str
+    reason: str
+    chunks_recovered: int
+    chunks_lost: int
+    moved_at: str | None  # None: still to be moved (repair was interrupted)
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotRow:
     id: str
     created_at: str
@@ -130,6 +167,9 @@ class Index:
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        # An encrypted repository's keys (set by its Repository): chunks.sha256 then holds the sealed SHA-256
+        # as packs do, which the queries below unseal, and a SHA-256 names a chunk only through the id key.
+        self.keys: RepoKeys | None = None
         self._lock = threading.RLock()
         try:
             if readonly:
@@ -180,17 +220,24 @@ class Index:
 
     # -- chunks and packs -------------------------------------------------
 
+    def _sha256(self, chunk_id: bytes, stored: bytes) -> bytes:
+        """The plain SHA-256 of a chunk from the value in ``chunks.sha256``."""
+        return stored if self.keys is None else self.keys.unseal_sha256(chunk_id, stored)
+
     def chunk_sha256(self, chunk_id: ChunkId) -> bytes | None:
         with self._lock:
             row = self.conn.execute("SELECT sha256 FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None else self._sha256(chunk_id, bytes(row[0]))
 
     def chunk_by_sha256(self, sha256: bytes, raw_size: int) -> ChunkId | None:
         """The id of a stored data chunk with this SHA-256 (what a host that only has hashlib computes)."""
+        if self.keys is not None:  # encrypted: the id is a keyed hash of the SHA-256
+            sql = "SELECT id FROM chunks WHERE id = ? AND raw_size = ? AND type = 0"
+            key = bytes(self.keys.chunk_id(sha256))
+        else:
+            sql, key = "SELECT id FROM chunks WHERE sha256 = ? AND raw_size = ? AND type = 0 LIMIT 1", sha256
         with self._lock:
-            row = self.conn.execute(
-                "SELECT id FROM chunks WHERE sha256 = ? AND raw_size = ? AND type = 0 LIMIT 1", (sha256, raw_size)
-            ).fetchone()
+            row = self.conn.execute(sql, (key, raw_size)).fetchone()
         return None if row is None else ChunkId(bytes(row[0]))
 
     def locate(self, chunk_id: ChunkId) -> ChunkLocation | None:
@@ -201,7 +248,9 @@ class Index:
             ).fetchone()
         if row is None:
             return None
-        return ChunkLocation(chunk_id, PackId(row[0]), row[1], row[2], row[3], row[4], bytes(row[5]))
+        return ChunkLocation(
+            chunk_id, PackId(row[0]), row[1], row[2], row[3], row[4], self._sha256(chunk_id, bytes(row[5]))
+        )
 
     def locate_many(self, chunk_ids: Iterable[ChunkId]) -> dict[bytes, ChunkLocation]:
         """Where each of these chunks is stored (ids the catalog lacks are absent)."""
@@ -218,7 +267,7 @@ class Index:
                 rows = self.conn.execute(sql, part).fetchall()
             for r in rows:
                 cid = ChunkId(bytes(r[0]))
-                out[cid] = ChunkLocation(cid, PackId(r[1]), r[2], r[3], r[4], r[5], bytes(r[6]))
+                out[cid] = ChunkLocation(cid, PackId(r[1]), r[2], r[3], r[4], r[5], self._sha256(cid, bytes(r[6])))
         return out
 
     def add_pack(
@@ -228,11 +277,18 @@ class Index:
         rows = [(e.chunk_id, e.type, pack_id, e.offset, e.stored_size, e.raw_size, e.codec, e.sha256) for e in entries]
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         with self._lock, self._transaction():
+            if self.conn.execute(
+                "SELECT 1 FROM quarantine WHERE pack_id = ? AND moved_at IS NULL", (pack_id,)
+            ).fetchone():
+                return  # damaged, taken out of use by repair and not yet moved to quarantine/: never again
             self.conn.execute(
                 "INSERT OR IGNORE INTO packs (id, size, chunk_count, added_at) VALUES (?, ?, ?, ?)",
                 (pack_id, size, len(rows), added_at),
             )
             self.conn.executemany(f"{verb} INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            # A lost chunk stored again (a snapshot read it from its datastore) is no longer lost.
+            self.conn.executemany("DELETE FROM lost_chunks WHERE id = ?", [(r[0],) for r in rows])
+            self.conn.executemany("DELETE FROM lost_uses WHERE chunk_id = ?", [(r[0],) for r in rows])
 
     def remove_pack(self, pack_id: str) -> None:
         with self._lock, self._transaction():
@@ -280,13 +336,125 @@ class Index:
             self.conn.executemany("UPDATE packs SET verified_at = ? WHERE id = ?", [(when, p) for p in pack_ids])
 
     def chunks_in_pack(self, pack_id: str) -> dict[bytes, tuple[int, int, int, int, int, bytes]]:
-        """chunk_id -> (type, offset, stored_size, raw_size, codec, sha256) of one pack."""
+        """chunk_id -> (type, offset, stored_size, raw_size, codec, sha256 field as the pack stores it) of one pack."""
         with self._lock:
             rows = self.conn.execute(
                 "SELECT id, type, offset, stored_size, raw_size, codec, sha256 FROM chunks WHERE pack_id = ?",
                 (pack_id,),
             ).fetchall()
         return {bytes(r[0]): (r[1], r[2], r[3], r[4], r[5], bytes(r[6])) for r in rows}
+
+    # -- lost chunks and quarantined packs (written by catalog.salvage) ----
+
+    def _has_table(self, name: str) -> bool:
+        """False for a catalog from before the table existed, opened read-only (nothing could add it)."""
+        row = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+        return row is not None
+
+    def retire_packs(
+        self, retired: Iterable[QuarantineRow], lost: Iterable[LostChunk], uses: Iterable[tuple[bytes, bytes]]
+    ) -> None:
+        """In one transaction: forget damaged packs (their rows), note them for quarantine, and set the lost state."""
+        with self._lock, self._transaction():
+            for q in retired:
+                self.conn.execute("DELETE FROM chunks WHERE pack_id = ?", (q.pack_id,))
+                self.conn.execute("DELETE FROM packs WHERE id = ?", (q.pack_id,))
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?, ?, ?)",
+                    (q.pack_id, q.quarantined_at, q.reason, q.chunks_recovered, q.chunks_lost, q.moved_at),
+                )
+            self._replace_lost(lost, uses)
+
+    def set_lost(self, lost: Iterable[LostChunk], uses: Iterable[tuple[bytes, bytes]]) -> None:
+        """Replace the lost state: ``lost`` is every lost chunk now, ``uses`` (manifest id, chunk id) pairs."""
+        with self._lock, self._transaction():
+            self._replace_lost(lost, uses)
+
+    def _replace_lost(self, lost: Iterable[LostChunk], uses: Iterable[tuple[bytes, bytes]]) -> None:
+        rows = {c.chunk_id: c for c in lost}
+        known = {bytes(r[0]) for r in self.conn.execute("SELECT id FROM lost_chunks")}
+        self.conn.executemany("DELETE FROM lost_chunks WHERE id = ?", [(cid,) for cid in known - set(rows)])
+        self.conn.executemany(  # a chunk lost before keeps when and how it was lost
+            "INSERT OR IGNORE INTO lost_chunks VALUES (?, ?, ?, ?, ?)",
+            [(c.chunk_id, c.type, c.pack_id, c.lost_at, c.reason) for c in rows.values()],
+        )
+        self.conn.execute("DELETE FROM lost_uses")
+        self.conn.executemany("INSERT OR IGNORE INTO lost_uses VALUES (?, ?)", list(uses))
+
+    def add_quarantine(self, row: QuarantineRow) -> None:
+        """Record a quarantined pack found on disk (a catalog rebuild reads ``quarantine/``)."""
+        with self._lock, self._transaction():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?, ?, ?)",
+                (row.pack_id, row.quarantined_at, row.reason, row.chunks_recovered, row.chunks_lost, row.moved_at),
+            )
+
+    def quarantine_moved(self, pack_id: str, when: str) -> None:
+        with self._lock, self._transaction():
+            self.conn.execute("UPDATE quarantine SET moved_at = ? WHERE pack_id = ?", (when, pack_id))
+
+    def forget_quarantine(self, pack_id: str) -> None:
+        """A sound copy of the pack is back in ``packs/``: it may be indexed again."""
+        with self._lock, self._transaction():
+            self.conn.execute("DELETE FROM quarantine WHERE pack_id = ?", (pack_id,))
+
+    def quarantined(self) -> list[QuarantineRow]:
+        if not self._has_table("quarantine"):
+            return []
+        with self._lock:
+            rows = self.conn.execute("SELECT * FROM quarantine ORDER BY quarantined_at, pack_id").fetchall()
+        return [QuarantineRow(*r) for r in rows]
+
+    def lost_chunks(self) -> dict[bytes, LostChunk]:
+        """Every chunk marked lost that no pack holds (a chunk indexed again is not lost, whatever the row says)."""
+        if not self._has_table("lost_chunks"):
+            return {}
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT l.id, l.type, l.pack_id, l.lost_at, l.reason FROM lost_chunks l "
+                "WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = l.id)"
+            ).fetchall()
+        return {bytes(r[0]): LostChunk(ChunkId(bytes(r[0])), r[1], r[2], r[3], r[4]) for r in rows}
+
+    def lost_uses(self) -> dict[bytes, set[bytes]]:
+        """manifest id -> the lost chunks it names (its own id when the manifest itself is lost)."""
+        if not self._has_table("lost_uses"):
+            return {}
+        out: dict[bytes, set[bytes]] = {}
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT u.manifest_id, u.chunk_id FROM lost_uses u "
+                "WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = u.chunk_id)"
+            ).fetchall()
+        for m, c in rows:
+            out.setdefault(bytes(m), set()).add(bytes(c))
+        return out
+
+    def has_lost(self, manifest_id: bytes) -> bool:
+        """True when this manifest, or a chunk it names, is lost: its file must be read again to heal it."""
+        if not self._has_table("lost_uses"):
+            return False
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT 1 FROM lost_uses u WHERE u.manifest_id = ? "
+                "AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = u.chunk_id) LIMIT 1",
+                (manifest_id,),
+            ).fetchone()
+        return row is not None
+
+    def manifest_info(self, manifest_id: bytes) -> tuple[int, int, int] | None:
+        """(file_size, chunk_count, hole_count) of a manifest the catalog decoded once, else None."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT file_size, chunk_count, hole_count FROM manifests WHERE id = ?", (manifest_id,)
+            ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+    def file_size_of(self, manifest_id: bytes) -> int | None:
+        """The size of a stored file version that has this manifest (what the snapshot document recorded)."""
+        with self._lock:
+            row = self.conn.execute("SELECT size FROM files WHERE manifest_id = ? LIMIT 1", (manifest_id,)).fetchone()
+        return None if row is None else int(row[0])
 
     def stored_totals(self) -> tuple[int, int, int]:
         """(pack bytes, stored chunk bytes, raw chunk bytes) of data chunks."""

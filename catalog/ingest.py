@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Final
 
 from catalog.chunker import FileDigest, chunk_id_of, is_zero, iter_offsets, zero_sha256
+from catalog.crypto import RepoKeys
 from catalog.errors import Error
 from catalog.index import Index
 from catalog.manifest import encode_manifest
-from catalog.store import Compressor, PackWriter
+from catalog.store import Compressor, PackWriter, encode_record, identify, sha256_field
 from catalog.types import HOLE_ID, TYPE_DATA, TYPE_MANIFEST, ChunkId
 
 ReadAt = Callable[[int, int], bytes]
@@ -81,8 +82,11 @@ class Ingester:
         compressor: Compressor,
         *,
         workers: int = DEFAULT_WORKERS,
+        keys: RepoKeys | None = None,
     ) -> None:
         self.index = index
+        # An encrypted repository's keys: keyed chunk ids, encrypted records, sealed SHA-256 fields.
+        self.keys = keys if keys is not None else index.keys
         self.writer = writer
         self.chunk_size = chunk_size
         self.compressor = compressor
@@ -100,7 +104,14 @@ class Ingester:
         sha = self._pending.get(chunk_id)
         if sha is not None:
             return sha
+        # A lost chunk has no row in the catalog (repair removed it with its damaged pack), so it is
+        # never taken as stored: it is written again, which heals every version that names it.
         return self.index.chunk_sha256(chunk_id)
+
+    def needs_reading(self, manifest_id: bytes) -> bool:
+        """True when a file must be read although its size and mtime are unchanged: its manifest, or a
+        chunk it names, is lost, and reading the file stores them again."""
+        return self.index.has_lost(manifest_id)
 
     def _work(self, read_at: ReadAt, path: str, offset: int, size: int) -> _Chunk:
         raw = read_at(offset, size)
@@ -108,12 +119,12 @@ class Ingester:
             raise ShortRead(path=path, expected=size, offset=offset, got=len(raw))
         if is_zero(raw):
             return _Chunk(HOLE_ID, zero_sha256(size), size)
-        cid = chunk_id_of(raw)
-        sha = self._known_sha256(cid)
-        if sha is not None:
-            return _Chunk(cid, sha, size)
-        sha = hashlib.sha256(raw).digest()
-        codec, stored = self.compressor.compress(raw)
+        cid, sha = identify(self.keys, raw)
+        known = self._known_sha256(cid)
+        if known is not None:
+            return _Chunk(cid, known, size)
+        sha = sha or hashlib.sha256(raw).digest()
+        codec, stored = encode_record(self.compressor, self.keys, cid, TYPE_DATA, raw)
         return _Chunk(cid, sha, size, codec, stored)
 
     def _store(self, chunk: _Chunk, stats: IngestStats) -> None:
@@ -124,7 +135,8 @@ class Ingester:
                 return
             self._pending[chunk.chunk_id] = chunk.sha256
             self._pending_by_sha[chunk.sha256] = chunk.chunk_id
-        self.writer.add(chunk.chunk_id, TYPE_DATA, chunk.codec, chunk.raw_size, chunk.sha256, chunk.stored)
+        sha = sha256_field(self.keys, chunk.chunk_id, chunk.sha256)
+        self.writer.add(chunk.chunk_id, TYPE_DATA, chunk.codec, chunk.raw_size, sha, chunk.stored)
         stats.new_chunks += 1
         stats.new_raw_bytes += chunk.raw_size
         stats.new_stored_bytes += len(chunk.stored)
@@ -219,8 +231,8 @@ class Ingester:
             sha = sha256s[i]
             if sha is None or hashlib.sha256(raw).digest() != sha:
                 raise ShortRead(path=path, expected=len(raw), offset=i * self.chunk_size, got=len(raw))
-            cid = chunk_id_of(raw)
-            codec, stored = self.compressor.compress(raw)
+            cid = chunk_id_of(raw) if self.keys is None else self.keys.chunk_id(sha)
+            codec, stored = encode_record(self.compressor, self.keys, cid, TYPE_DATA, raw)
             self._store(_Chunk(cid, sha, len(raw), codec, stored), stats)
             by_sha[sha] = cid
         for i, sha in missing:
@@ -230,13 +242,13 @@ class Ingester:
 
     def put_manifest(self, size: int, ids: list[bytes]) -> ChunkId:
         blob = encode_manifest(self.chunk_size, size, ids)
-        mid = chunk_id_of(blob)
+        mid, sha = identify(self.keys, blob)
         if self._known_sha256(mid) is None:
-            codec, stored = self.compressor.compress(blob)
-            sha = hashlib.sha256(blob).digest()
+            codec, stored = encode_record(self.compressor, self.keys, mid, TYPE_MANIFEST, blob)
+            sha = sha or hashlib.sha256(blob).digest()
             with self._pending_lock:
                 self._pending[mid] = sha
-            self.writer.add(mid, TYPE_MANIFEST, codec, len(blob), sha, stored)
+            self.writer.add(mid, TYPE_MANIFEST, codec, len(blob), sha256_field(self.keys, mid, sha), stored)
         self.index.add_manifest(mid, size, len(ids), sum(1 for c in ids if c == HOLE_ID))
         return mid
 

@@ -77,6 +77,11 @@ def _current_owner() -> str:
         return str(os.getuid())
 
 
+def lock_info(command: str) -> LockInfo:
+    """This process as a lock holder: owner, pid, host, ``command`` and now."""
+    return LockInfo(_current_owner(), os.getpid(), socket.gethostname(), command, datetime.now(UTC).isoformat())
+
+
 @contextlib.contextmanager
 def writer_lock(root: Path, command: str) -> Iterator[LockInfo]:
     """Hold the writer lock for the duration of the block."""

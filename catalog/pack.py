@@ -13,6 +13,10 @@ A pack is a header, a run of self-describing records and a trailer index::
 
 All integers are little-endian. ``offset`` is where the record's stored bytes
 begin. The pack's name is the xxh3-128 (hex) of the whole file. See docs/format.md.
+
+The codec is the same in an encrypted repository: there the stored bytes are
+ciphertext, the chunk id is keyed and the sha256 field sealed (docs/format.md §11,
+:mod:`catalog.crypto`); nothing here needs the key.
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ packs with no live chunk are deleted, packs whose live share is below a
 threshold are repacked (live records copied into new packs, catalog updated,
 then the old pack deleted). A crash at any point leaves only unreferenced data
 behind, which the next prune collects; no committed snapshot is touched.
+
+In an object store with Object Lock, a pack or document still under retention is
+not deleted: it is skipped and listed in the report with the date it can go (a
+locked pack is not repacked either: the copy would double its storage until then).
 """
 
 from __future__ import annotations
@@ -19,9 +23,7 @@ from typing import Any, Final
 from catalog.assemble import load_manifest
 from catalog.errors import Error
 from catalog.index import SnapshotRow
-from catalog.lock import live_readers
 from catalog.repo import Repository, now_iso
-from catalog.store import PackWriter
 from catalog.types import HOLE_ID, ChunkId, ChunkLocation, PackId
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,7 @@ class PruneReport:
     packs_repacked: int = 0
     bytes_freed: int = 0
     bytes_unreferenced: int = 0
+    locked: list[dict[str, str]] = field(default_factory=list)  # {"kind": pack|snapshot, "id", "until"}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,14 +146,18 @@ class PruneReport:
             "packs_repacked": self.packs_repacked,
             "bytes_freed": self.bytes_freed,
             "bytes_unreferenced": self.bytes_unreferenced,
+            "locked": self.locked,
         }
 
 
 def live_chunks(repo: Repository, without: set[str] | None = None) -> set[bytes]:
     """Every chunk id (manifests included) a file version references, ignoring snapshots in ``without``."""
     live: set[bytes] = set()
+    lost = repo.index.lost_chunks()  # a manifest marked lost by repair names nothing that could be kept
     for manifest_id in repo.index.manifests_in_use(without or set()):
         live.add(manifest_id)
+        if manifest_id in lost:
+            continue
         try:
             manifest = load_manifest(repo.index, repo.reader, manifest_id)
         except Error as exc:
@@ -170,11 +177,7 @@ def collect_garbage(
 ) -> None:
     """Delete packs with no live chunk; repack those whose live share is below ``repack_below``."""
     index = repo.index
-    writer = PackWriter(
-        repo.root,
-        lambda pid, size, entries: index.add_pack(pid, size, entries, now_iso(), replace=True),
-        repo.config.pack_target_bytes,
-    )
+    writer = repo.pack_writer(lambda pid, size, entries: index.add_pack(pid, size, entries, now_iso(), replace=True))
     doomed: list[tuple[str, int]] = []
     try:
         for pack_id, size, _count, _verified in index.packs():
@@ -183,6 +186,10 @@ def collect_garbage(
             dead_bytes = sum(c[2] for cid, c in chunks.items() if cid not in live)
             report.bytes_unreferenced += dead_bytes
             if dead_bytes == 0 or (live_bytes and live_bytes / max(size, 1) >= repack_below):
+                continue
+            until = repo.pack_retained_until(pack_id)
+            if until is not None:  # neither deleted nor repacked before then; its rows stay, so it stays known
+                report.locked.append({"kind": "pack", "id": pack_id, "until": until})
                 continue
             report.packs_deleted += live_bytes == 0
             report.packs_repacked += live_bytes > 0
@@ -200,11 +207,13 @@ def collect_garbage(
         raise
     repo.reader.close()
     for pack_id, size in doomed:
-        if live_readers(repo.root):
+        if repo.readers():
             # A reader started meanwhile: it may still know the old locations. Collect the rest next time.
             break
-        index.remove_pack(pack_id)  # only rows still naming this pack: the dead chunks
-        repo.pack_file(pack_id).unlink(missing_ok=True)
+        until = repo.delete_pack(pack_id)  # rows still naming this pack (the dead chunks), then the file
+        if until is not None:
+            report.locked.append({"kind": "pack", "id": pack_id, "until": until})
+            continue
         report.bytes_freed += size
     report.bytes_freed -= writer.sealed_bytes  # what the repacked live chunks take again
 
@@ -219,7 +228,7 @@ def prune(
 ) -> PruneReport:
     """Apply ``policy``, then collect garbage; the caller holds the writer lock."""
     report = PruneReport(dry_run)
-    readers = live_readers(repo.root)
+    readers = repo.readers()
     if readers and not dry_run:
         who = ", ".join(f"{r.command} pid {r.pid} on {r.host}" for r in readers[:3])
         raise ReadersActive(count=len(readers), who=who)
@@ -228,11 +237,14 @@ def prune(
     report.kept = select_snapshots(snaps, policy, protected)
     report.removed = [s.id for s in snaps if s.id not in report.kept]
     if not dry_run:
+        for snap_id, retained in repo.retry_forgotten():  # dropped by an earlier prune, document retained then
+            report.locked.append({"kind": "snapshot", "id": snap_id, "until": retained})
         for snap_id in report.removed:
             # Catalog rows first: a crash before the document is gone brings the snapshot back
             # (reconcile indexes it again), and no chunk has been collected yet.
-            repo.index.remove_snapshot(snap_id)
-            (repo.root / "snapshots" / f"{snap_id}.json").unlink(missing_ok=True)
+            until = repo.forget_snapshot(snap_id)
+            if until is not None:
+                report.locked.append({"kind": "snapshot", "id": snap_id, "until": until})
     live = live_chunks(repo, set(report.removed) if dry_run else None)
     collect_garbage(repo, live, dry_run=dry_run, repack_below=repack_below, report=report)
     return report

@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 
 from toolkit.cli import cli
 
-pytest_plugins = ["tests.lab.fixtures_peers"]
+pytest_plugins = ["tests.lab.fixtures_peers", "tests.lab.fixtures_s3"]
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,9 @@ nested ``version`` bodies, and both AppStack list wrappers, are accepted.
 
 from __future__ import annotations
 
+import html
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -21,6 +23,9 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_S: Final = 30.0  # one request; a dead manager becomes an error, not a hang
 JOB_POLL_S: Final = 0.5
+LINK_TITLE: Final = re.compile(r'title="([^"]*)"')  # 2.x assignment names are HTML links titled DOMAIN\\user
+LINK_TEXT: Final = re.compile(r">([^<]*)</a>")
+ENTITY_TYPES: Final = {"user": "User", "group": "Group", "computer": "Computer", "orgunit": "OrgUnit", "ou": "OrgUnit"}
 
 
 class AvmUnreachable(Error):
@@ -147,7 +152,9 @@ class AvmClient:
 
     # -- plumbing ---------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, auth: bool = True, **kw: Any) -> requests.Response:
+    def _request(
+        self, method: str, path: str, *, auth: bool = True, allow: tuple[int, ...] = (), **kw: Any
+    ) -> requests.Response:
         if auth and not self._logged_in:
             self.login()
         try:
@@ -163,7 +170,7 @@ class AvmClient:
                 r = self.session.request(method, self.url + path, timeout=self.timeout_s, verify=self.verify, **kw)
             except requests.RequestException as exc:
                 raise AvmUnreachable(url=self.url, detail=type(exc).__name__) from exc
-        if r.status_code >= 400:
+        if r.status_code >= 400 and r.status_code not in allow:
             raise AvmBadResponse(method=method, path=path, detail=f"HTTP {r.status_code}")
         return r
 
@@ -222,7 +229,9 @@ class AvmClient:
     def volumes(self) -> list[AvmVolume]:
         """Every AppStack or package, with its primary file location."""
         if self.version().flavour == "4.x":
-            rows = _unwrap_data(self._json("GET", "/app_volumes/app_packages"), "/app_volumes/app_packages")
+            # With its markers: whether a package was its application's CURRENT one is part of its record.
+            body = self._json("GET", "/app_volumes/app_packages", params={"include": "app_markers"})
+            rows = _unwrap_data(body, "/app_volumes/app_packages")
             out = []
             for row in rows:
                 files = _unwrap_data(self._json("GET", f"/app_volumes/app_packages/{row['id']}/files"), "files")
@@ -247,42 +256,66 @@ class AvmClient:
         else:
             body = self._json("GET", "/cv_api/writables")
             rows = body.get("datastores", {}).get("writable_volumes", []) if isinstance(body, dict) else []
-        out = []
-        for row in rows:
-            vol = _volume("writable", row, [])
-            attached = str(row.get("attached", "")).lower() == "attached" or int(row.get("mount_count") or 0) > 0
-            out.append(
-                AvmVolume(
-                    vol.id,
-                    "writable",
-                    vol.name,
-                    vol.guid,
-                    vol.status,
-                    vol.datastore,
-                    vol.path,
-                    vol.filename,
-                    attached,
-                    (),
-                    row,
-                )
-            )
-        return out
+        return [_writable(row) for row in rows]
 
-    def assignments(self, volume: AvmVolume) -> tuple[dict[str, Any], ...]:
-        """The assignments of an AppStack (2.x) or of a package's application (4.x)."""
+    def writable(self, volume_id: int) -> AvmVolume:
+        """One writable volume as the manager reports it now (``attached`` included)."""
+        prefix = "/app_volumes" if self.version().flavour == "4.x" else "/cv_api"
+        path = f"{prefix}/writables/{int(volume_id)}"
+        body = self._json("GET", path)
+        row = body.get("writable") if isinstance(body, dict) else None
+        if not isinstance(row, dict):
+            raise AvmBadResponse(method="GET", path=path, detail="no writable object")
+        return _writable(row)
+
+    def set_writable_enabled(self, volume_id: int, enabled: bool) -> None:
+        """Enable or disable a writable volume (a disabled one is not attached at the next logon)."""
+        verb = "enable" if enabled else "disable"
+        path = f"/cv_api/writables/{verb}"  # the same path on 2.x and 4.x managers
+        r = self._request("POST", path, data={"volumes[]": str(int(volume_id))})
+        if f"was {verb}d" not in r.text.lower():
+            raise AvmBadResponse(method="POST", path=path, detail=f"no 'was {verb}d' in the answer")
+
+    def assignments(
+        self, volume: AvmVolume, directory: dict[int, list[dict[str, Any]]] | None = None
+    ) -> tuple[dict[str, Any], ...]:
+        """The assignments of an AppStack (2.x) or those delivering a package (4.x).
+
+        2.x lists an AppStack's assignments as HTML links; each row gets the entity's directory
+        path (``entity_dn``) from the manager-wide list (``directory``, fetched when not given),
+        since re-creating an assignment takes that path.
+        """
         if volume.kind == "appstack":
             body = self._json("GET", f"/cv_api/appstacks/{volume.id}/assignments")
-            rows = body if isinstance(body, list) else []
-        elif volume.kind == "package" and volume.record.get("app_product_id"):
-            body = self._json("GET", f"/app_volumes/app_products/{volume.record['app_product_id']}/assignments")
+            rows = [r for r in body if isinstance(r, dict)] if isinstance(body, list) else []
+            if directory is None:
+                directory = self.assignments_by_volume()
+            return tuple(_with_directory_path(r, directory.get(volume.id, [])) for r in rows)
+        if volume.kind == "package":
+            path = f"/app_volumes/app_packages/{volume.id}/assignments"
+            body = self._json("GET", path, params={"include": "entities,filters"})
             rows = body.get("data", []) if isinstance(body, dict) else []
-        else:
-            rows = []
-        return tuple(r for r in rows if isinstance(r, dict))
+            return tuple(r for r in rows if isinstance(r, dict))
+        return ()
+
+    def assignments_by_volume(self) -> dict[int, list[dict[str, Any]]]:
+        """2.x: every assignment the manager holds (``/cv_api/assignments``), by AppStack id; {} if not served."""
+        try:
+            body = self._json("GET", "/cv_api/assignments")
+        except AvmBadResponse as exc:
+            log.info("no manager-wide assignment list (%s); assignments are recorded without directory paths", exc)
+            return {}
+        rows = body.get("assignments", []) if isinstance(body, dict) else body
+        out: dict[int, list[dict[str, Any]]] = {}
+        for row in rows if isinstance(rows, list) else []:
+            if isinstance(row, dict) and str(row.get("snapvol_id", "")).isdigit():
+                out.setdefault(int(row["snapvol_id"]), []).append(row)
+        return out
 
     def inventory(self) -> list[AvmVolume]:
         """Every AppStack/package (with its assignments) and every writable the manager knows."""
         out = []
+        directory = self.assignments_by_volume() if self.version().flavour == "2.x" else {}
         for v in self.volumes():
             out.append(
                 AvmVolume(
@@ -295,7 +328,7 @@ class AvmClient:
                     v.path,
                     v.filename,
                     v.attached,
-                    self.assignments(v),
+                    self.assignments(v, directory),
                     v.record,
                 )
             )
@@ -329,12 +362,305 @@ class AvmClient:
                 raise AvmJobsTimeout(pending=pending, timeout_s=timeout_s)
             time.sleep(JOB_POLL_S)
 
+    # -- assignments and deletion -----------------------------------------
+
+    def restore_assignments(self, volume: AvmVolume, recorded: dict[str, Any]) -> list[AssignmentOutcome]:
+        """Re-create on ``volume`` (as the manager lists it now) the assignments recorded with a version.
+
+        ``recorded`` is the manager's record stored at capture (:meth:`AvmVolume.to_json`).
+        Assignments already there are left alone, so a second run creates nothing twice.
+        """
+        wanted = recorded_assignments(recorded)
+        if not wanted:
+            return []
+        if volume.kind == "appstack":
+            return self._restore_appstack_assignments(volume, wanted)
+        if volume.kind == "package":
+            return self._restore_package_assignments(volume, wanted, recorded)
+        return [AssignmentOutcome(a.who, "failed", f"the manager lists it as a {volume.kind}") for a in wanted]
+
+    def _restore_appstack_assignments(self, volume: AvmVolume, wanted: list[AvmAssignment]) -> list[AssignmentOutcome]:
+        """2.x: ``POST /cv_api/assignments`` (action_type assign) per entity not assigned yet."""
+        present = {dn.lower() for row in self.assignments(volume) if (dn := _directory_path(row))}
+        out: list[AssignmentOutcome] = []
+        for a in wanted:
+            if not a.entities:
+                out.append(AssignmentOutcome(a.who, "failed", UNRESOLVED))
+                continue
+            missing = [(t, dn) for t, dn in a.entities if dn.lower() not in present]
+            if not missing:
+                out.append(AssignmentOutcome(a.who, "present", "already assigned"))
+                continue
+            body = {
+                "action_type": "assign",
+                "id": volume.id,
+                "assignments": [{"entity_type": t, "path": dn} for t, dn in missing],
+                "mount_prefix": a.mount_prefix,
+                "rtime": False,
+            }
+            r = self._request("POST", "/cv_api/assignments", json=body, allow=(400,))
+            problem = _refusal(r)
+            if problem:
+                out.append(AssignmentOutcome(a.who, "failed", f"the manager refused it: {problem}"))
+                continue
+            present |= {dn.lower() for _, dn in missing}
+            out.append(AssignmentOutcome(a.who, "created", _prefix_note(a.mount_prefix)))
+        rows = self.assignments(volume)
+        if rows and not all(_directory_path(r) for r in rows):
+            return out  # the manager lists no directory paths: what it accepted cannot be matched
+        return _confirmed(out, {dn.lower() for r in rows if (dn := _directory_path(r))}, wanted)
+
+    def _restore_package_assignments(
+        self, volume: AvmVolume, wanted: list[AvmAssignment], recorded: dict[str, Any]
+    ) -> list[AssignmentOutcome]:
+        """4.x: ``POST /app_volumes/app_assignments`` to the package itself, or to its application's CURRENT marker.
+
+        The import restores neither assignments nor the CURRENT marker. A marker assignment needs
+        the marker: when the application has none and this package was CURRENT at capture, it is
+        set to the restored package; an existing marker is never moved.
+        """
+        product_id = int(volume.record.get("app_product_id") or 0)
+        if not product_id:
+            return [
+                AssignmentOutcome(a.who, "failed", "the manager lists the package without an application")
+                for a in wanted
+            ]
+        was_current = any(
+            str(m.get("name", "")).upper() == "CURRENT"
+            for m in (recorded.get("record") or {}).get("app_markers") or []
+            if isinstance(m, dict)
+        )
+        path = f"/app_volumes/app_products/{product_id}/assignments"
+        existing = _unwrap_data(self._json("GET", path, params={"include": "entities,filters"}), path)
+        marker = self._current_marker(product_id)
+        out: list[AssignmentOutcome] = []
+        for a in wanted:
+            note = ""
+            if a.other_package is not None:
+                detail = f"pinned to another package of the application (id {a.other_package}) at capture"
+                out.append(AssignmentOutcome(a.who, "skipped", detail))
+                continue
+            if not a.entities:
+                out.append(AssignmentOutcome(a.who, "failed", UNRESOLVED))
+                continue
+            if a.via == "marker" and marker is None:
+                if not was_current:
+                    detail = "its application has no CURRENT marker now; set one in the manager, then run again"
+                    out.append(AssignmentOutcome(a.who, "failed", detail))
+                    continue
+                marker = (self._set_current_marker(product_id, volume.id), volume.id)
+                note = "CURRENT marker set to the restored package (it was CURRENT at capture); "
+            target: dict[str, Any] = {"app_package_id": volume.id, "app_marker_id": None}
+            if a.via == "marker" and marker is not None:
+                target = {"app_package_id": None, "app_marker_id": marker[0]}
+                if marker[1] != volume.id:
+                    note += f"through the CURRENT marker, which points at package id {marker[1]}; "
+            if any(_same_package_assignment(row, target, a) for row in existing):
+                out.append(AssignmentOutcome(a.who, "present", (note + "already assigned").strip("; ")))
+                continue
+            item = {
+                "app_product_id": product_id,
+                "entities": [{"path": dn, "entity_type": t} for t, dn in a.entities],
+                **target,
+                "delivery": a.delivery or "default",
+            }
+            if a.filters:
+                item["filters"] = [{"type": t, "value": v} for t, v in a.filters]
+            r = self._request("POST", "/app_volumes/app_assignments", json={"data": [item]}, allow=(400,))
+            problem = _refusal(r)
+            if problem:
+                out.append(AssignmentOutcome(a.who, "failed", f"the manager refused it: {problem}"))
+                continue
+            created = _body(r).get("data")
+            existing += [row for row in created if isinstance(row, dict)] if isinstance(created, list) else []
+            out.append(AssignmentOutcome(a.who, "created", (note + _prefix_note(a.mount_prefix)).strip("; ")))
+        return out
+
+    def _current_marker(self, product_id: int) -> tuple[int, int] | None:
+        """(marker id, package id) of an application's CURRENT marker, or None."""
+        path = f"/app_volumes/app_products/{product_id}/app_packages"
+        for row in _unwrap_data(self._json("GET", path, params={"include": "app_markers"}), path):
+            for m in row.get("app_markers") or []:
+                if isinstance(m, dict) and str(m.get("name", "")).upper() == "CURRENT" and m.get("id") is not None:
+                    return int(m["id"]), int(m.get("app_package_id") or row.get("id") or 0)
+        return None
+
+    def _set_current_marker(self, product_id: int, package_id: int) -> int:
+        path = f"/app_volumes/app_products/{product_id}/app_markers/CURRENT"
+        body = self._json("PUT", path, params={"data[app_package_id]": str(package_id)})
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict) or data.get("id") is None:
+            raise AvmBadResponse(method="PUT", path=path, detail="no marker in the answer")
+        return int(data["id"])
+
+    def delete_volume(self, volume: AvmVolume) -> str | None:
+        """Delete a volume in the manager (its record and, as the manager does, its files); None or why not."""
+        r = self._request("POST", "/cv_api/volumes/delete", data={"volumes[]": [str(volume.id)]}, allow=(400,))
+        problem = _refusal(r)
+        if problem:
+            return problem
+        snapvols = _body(r).get("snapvols")
+        failed = snapvols.get("error") or snapvols.get("not_found") if isinstance(snapvols, dict) else None
+        return f"the manager could not delete volume id {volume.id}" if failed else None
+
+
+UNRESOLVED: Final = "recorded without the entity's directory path; assign it in the manager"
+
+
+@dataclass(frozen=True, slots=True)
+class AvmAssignment:
+    """One assignment as recorded with a version, in the terms the manager takes back."""
+
+    who: str  # the entities, for reports (DOMAIN\\user, …)
+    entities: tuple[tuple[str, str], ...]  # (entity type, directory path); empty when none was recorded
+    mount_prefix: str = ""
+    via: str = "volume"  # 2.x: the AppStack; 4.x: "package" (pinned) or "marker" (the CURRENT marker)
+    delivery: str = ""
+    filters: tuple[tuple[str, str], ...] = ()
+    other_package: int | None = None  # 4.x: pinned to another package of the application
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentOutcome:
+    who: str
+    status: str  # created | present | skipped | failed
+    detail: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"who": self.who, "status": self.status, "detail": self.detail}
+
+
+def recorded_assignments(recorded: dict[str, Any]) -> list[AvmAssignment]:
+    """The assignments in a stored manager record, 2.x rows (one entity each) or 4.x rows (entities)."""
+    own_id = recorded.get("id")
+    out = []
+    for row in recorded.get("assignments") or []:
+        if not isinstance(row, dict):
+            continue
+        if isinstance(row.get("entities"), list):
+            entities = [e for e in row["entities"] if isinstance(e, dict)]
+            resolved = tuple(
+                (_entity_type(e.get("entity_type")), str(e["distinguished_name"]))
+                for e in entities
+                if e.get("distinguished_name")
+            )
+            who = ", ".join(str(e.get("upn") or e.get("name") or e.get("distinguished_name") or "?") for e in entities)
+            via = "marker" if row.get("app_marker_id") or row.get("app_marker_name") else "package"
+            pinned = row.get("app_package_id")
+            other = int(pinned) if via == "package" and pinned not in (None, own_id) else None
+            filters = tuple(
+                (str(f.get("type") or "ComputerPrefixFilter"), str(f.get("value") or ""))
+                for f in row.get("filters") or []
+                if isinstance(f, dict)
+            )
+            full = len(resolved) == len(entities)
+            out.append(
+                AvmAssignment(
+                    who or "?",
+                    resolved if full else (),
+                    str(row.get("mount_prefix") or ""),
+                    via,
+                    str(row.get("delivery") or ""),
+                    filters,
+                    other,
+                )
+            )
+            continue
+        dn = _directory_path(row)
+        etype = _entity_type(row.get("entity_type") or row.get("entityt"))
+        out.append(AvmAssignment(_who(row), ((etype, dn),) if dn else (), str(row.get("mount_prefix") or "")))
+    return out
+
+
+def _entity_type(value: object) -> str:
+    text = str(value or "User")
+    return ENTITY_TYPES.get(text.lower().replace("_", ""), text)
+
+
+def _directory_path(row: dict[str, Any]) -> str:
+    return str(row.get("entity_dn") or row.get("path") or row.get("distinguished_name") or "")
+
+
+def _who(row: dict[str, Any]) -> str:
+    """DOMAIN\\user of a 2.x assignment row (its name is an HTML link)."""
+    if row.get("entity_upn"):
+        return str(row["entity_upn"])
+    name = str(row.get("name") or "")
+    m = LINK_TITLE.search(name) or LINK_TEXT.search(name)
+    return html.unescape(m[1]) if m else (html.unescape(name) or _directory_path(row) or "?")
+
+
+def _with_directory_path(row: dict[str, Any], directory: list[dict[str, Any]]) -> dict[str, Any]:
+    """A 2.x per-AppStack assignment row with ``entity_dn`` from the manager-wide list, when it matches."""
+    if _directory_path(row):
+        return row
+    who = _who(row).lower()
+    kind = str(row.get("entity_type") or "").lower()
+    hits = [
+        d
+        for d in directory
+        if str(d.get("entity_upn", "")).lower() == who
+        and str(d.get("entity_type") or d.get("entityt") or kind).lower() == kind
+        and d.get("entity_dn")
+    ]
+    return {**row, "entity_dn": hits[0]["entity_dn"], "entity_upn": hits[0]["entity_upn"]} if len(hits) == 1 else row
+
+
+def _same_package_assignment(row: dict[str, Any], target: dict[str, Any], a: AvmAssignment) -> bool:
+    entities = {str(e.get("distinguished_name", "")).lower() for e in row.get("entities") or [] if isinstance(e, dict)}
+    if entities != {dn.lower() for _, dn in a.entities}:
+        return False
+    if target["app_marker_id"] is not None:
+        return bool(row.get("app_marker_id") == target["app_marker_id"])
+    return bool(row.get("app_package_id") == target["app_package_id"] and not row.get("app_marker_id"))
+
+
+def _body(r: requests.Response) -> dict[str, Any]:
+    try:
+        body = r.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _refusal(r: requests.Response) -> str:
+    """The manager's reason for refusing a request (HTTP 400 or an ``error`` in a 200), or ''."""
+    body = _body(r)
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        return str(errors[0].get("title") or errors[0].get("error") or errors[0])
+    if body.get("error"):
+        return str(body["error"])
+    return f"HTTP {r.status_code}" if r.status_code >= 400 else ""
+
+
+def _prefix_note(prefix: str) -> str:
+    return f"for computers named {prefix}*" if prefix else ""
+
+
+def _confirmed(out: list[AssignmentOutcome], present: set[str], wanted: list[AvmAssignment]) -> list[AssignmentOutcome]:
+    """Created outcomes stay 'created' only if the manager now lists every entity."""
+    checked = []
+    for outcome, a in zip(out, wanted, strict=True):
+        if outcome.status == "created" and any(dn.lower() not in present for _, dn in a.entities):
+            outcome = AssignmentOutcome(a.who, "failed", "the manager accepted it but does not list it")
+        checked.append(outcome)
+    return checked
+
 
 def _unwrap_data(body: Any, path: str) -> list[dict[str, Any]]:
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list):
         raise AvmBadResponse(method="GET", path=path, detail="no data list")
     return data
+
+
+def _writable(row: dict[str, Any]) -> AvmVolume:
+    vol = _volume("writable", row, [])
+    attached = str(row.get("attached", "")).lower() == "attached" or int(row.get("mount_count") or 0) > 0
+    return AvmVolume(
+        vol.id, "writable", vol.name, vol.guid, vol.status, vol.datastore, vol.path, vol.filename, attached, (), row
+    )
 
 
 def _volume(kind: str, row: dict[str, Any], files: list[dict[str, Any]]) -> AvmVolume:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,12 +18,25 @@ import click
 
 from catalog.check import FileToCheck, verify_files
 from catalog.check import verify as verify_repo
+from catalog.crypto import CIPHERS, RepoKeys
 from catalog.errors import Error, StoreFull
+from catalog.keys import DEFAULT_KDF, TEST_KDF, KdfParams, NotEncrypted, PassphraseRequired, unlocked
+from catalog.keys import unlock as unlock_keys
 from catalog.lock import break_lock
-from catalog.repo import Repository
+from catalog.remote import DEFAULT_CACHE_BYTES, break_remote_lock
+from catalog.repo import Repository, read_config
+from catalog.salvage import SalvageReport
 from toolkit import __version__
-from toolkit.config import TEMPLATE, Config, default_config_path, load_config
+from toolkit.config import (
+    TEMPLATE,
+    Config,
+    default_config_path,
+    kdf_weakened_for_tests,
+    load_config,
+    passphrase_source,
+)
 from toolkit.errors import SourceNotDirectory, SourceNotFound
+from toolkit.ops.endpoints import DEFAULT_TIMEOUT_S as CHECK_TIMEOUT_S
 from toolkit.ops.restore import parse_as_of, plan_restore
 from toolkit.ops.restore import restore as restore_job
 from toolkit.ops.snapshot import Source
@@ -33,8 +45,9 @@ from toolkit.ops.status import DEFAULT_MAX_AGE_HOURS, render_status_text
 from toolkit.ops.status import status as status_job
 
 # --- commands (after `history`, before `verify`, say) ---
-from toolkit.progress import Progress, human_bytes
+from toolkit.progress import EVENT_INTERVAL_S, Progress, human_bytes, open_events, setup_logging
 from toolkit.runtime import tune_allocator
+from toolkit.s3repo import RemoteUnsupported, S3Access, attach, open_repository, remote_url, upload_summary
 from toolkit.schedule import (
     Schedule,
     ScheduleInvalid,
@@ -60,6 +73,15 @@ class RepoMissing(Error):
     code = "repo_missing"
 
 
+class NewPassphraseRequired(Error):
+    template = "no new passphrase given"
+    hint = (
+        "set TOOLKIT_NEW_PASSPHRASE, pass --new-passphrase-file FILE or --new-passphrase-command CMD, "
+        "or run on a terminal"
+    )
+    code = "new_passphrase_required"
+
+
 @dataclass
 class Ctx:
     repo_path: Path | None
@@ -68,7 +90,18 @@ class Ctx:
     config_path: Path | None = None
     config_explicit: bool = False
     allow_other_owner: bool = False
+    verbose: int = 0
+    progress_json: str | None = None  # --progress-json: a file, or - for stderr
+    progress_interval_s: float = EVENT_INTERVAL_S
+    passphrase_file: Path | None = None
+    passphrase_command: str | None = None
     _config: Config | None = None
+    _unlocked: dict[Path, tuple[RepoKeys, str] | None] = field(default_factory=dict)
+    # A repository other than --repo with its own passphrase source (copy --from/--to): root -> (file, command).
+    passphrase_sources: dict[Path, tuple[Path | None, str | None]] = field(default_factory=dict)
+    cache_dir: Path | None = None  # --cache-dir: where repositories in object storage are cached
+    cache_bytes: int = DEFAULT_CACHE_BYTES  # --cache-size: packs kept in that cache
+    _s3: dict[str, S3Access] = field(default_factory=dict)
 
     def config(self, *, required: bool = True) -> Config | None:
         if self._config is None:
@@ -85,9 +118,71 @@ class Ctx:
             raise RepoMissing()
         return self.repo_path
 
+    def s3(self, url: str) -> S3Access:
+        """A repository in object storage and this host's cache of it, attached once per command."""
+        if url not in self._s3:
+            self._s3[url] = attach(url, self.cache_dir)
+        return self._s3[url]
+
+    def local_root(self, root: Path) -> Path:
+        """The directory with the repository's config and keys: the repository, or this host's cache of it."""
+        url = remote_url(root)
+        return self.s3(url).root if url is not None else root
+
+    def directory(self, command: str) -> Path:
+        """--repo, for a command that works on a directory repository only."""
+        root = self.repo()
+        url = remote_url(root)
+        if url is not None:
+            raise RemoteUnsupported(command=command, url=url)
+        return root
+
+    def passphrase(self, root: Path, *, new: bool = False, confirm: bool = False) -> str:
+        """The repository passphrase (``new``: a key slot's new one) from its source, else asked on a terminal."""
+        file, command = self.passphrase_sources.get(root, (self.passphrase_file, self.passphrase_command))
+        source = passphrase_source(
+            None if new else file,
+            None if new else command,
+            self.config(required=False),
+            new=new,
+        )
+        if source is not None:
+            return source.get()
+        shown = remote_url(root) or root
+        if not sys.stdin.isatty():
+            raise NewPassphraseRequired() if new else PassphraseRequired(path=shown)
+        prompt = f"{'new ' if new else ''}passphrase for {shown}"
+        return str(click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True))
+
+    def unlock(self, root: Path | None = None) -> tuple[RepoKeys, str] | None:
+        """(keys, key slot) of an encrypted repository (--repo, or ``root``), unlocked once per command; None when
+        unencrypted."""
+        root = root or self.repo()
+        if root not in self._unlocked:
+            local = self.local_root(root)
+            config = read_config(local)
+            enc = config.encryption
+            self._unlocked[root] = None if enc is None else unlock_keys(local, config.id, enc, self.passphrase(root))
+        return self._unlocked[root]
+
+    def keys(self, root: Path | None = None) -> RepoKeys | None:
+        unlocked_repo = self.unlock(root)
+        return None if unlocked_repo is None else unlocked_repo[0]
+
+    def kdf(self) -> KdfParams:
+        return TEST_KDF if kdf_weakened_for_tests() else DEFAULT_KDF
+
     @contextlib.contextmanager
-    def open(self, *, readonly: bool = True) -> Iterator[Repository]:
-        repo = Repository.open(self.repo(), readonly=readonly, allow_other_owner=self.allow_other_owner)
+    def open(self, *, readonly: bool = True, root: Path | None = None) -> Iterator[Repository]:
+        """The repository of --repo, or the one at ``root``."""
+        root = root or self.repo()
+        keys = self.keys(root)
+        url = remote_url(root)
+        if url is not None:  # object storage: through this host's cache, brought up to date first
+            command = getattr(click.get_current_context(silent=True), "info_name", None) or "read"
+            repo = open_repository(self.s3(url), keys=keys, cache_bytes=self.cache_bytes, command=command)
+        else:
+            repo = Repository.open(root, readonly=readonly, allow_other_owner=self.allow_other_owner, keys=keys)
         try:
             yield repo
         finally:
@@ -96,17 +191,34 @@ class Ctx:
     @contextlib.contextmanager
     def open_for_verify(self) -> Iterator[Repository]:
         """Writable when possible (verify records what it read); read-only on a full or read-only disk."""
+        if remote_url(self.repo()) is not None:
+            with self.open(readonly=False) as repo:
+                yield repo
+            return
+        keys = self.keys()
         try:
-            repo = Repository.open(self.repo(), allow_other_owner=self.allow_other_owner)
+            repo = Repository.open(self.repo(), allow_other_owner=self.allow_other_owner, keys=keys)
         except StoreFull:
-            repo = Repository.open(self.repo(), readonly=True, allow_other_owner=self.allow_other_owner)
+            repo = Repository.open(self.repo(), readonly=True, allow_other_owner=self.allow_other_owner, keys=keys)
         try:
             yield repo
         finally:
             repo.close()
 
-    def progress(self) -> Progress:
-        return Progress(quiet=self.quiet or self.json)
+    def progress(self, command: str = "") -> Progress:
+        """The progress of a long job; it ends with the command, after an error too (docs/progress.md)."""
+        command = command or str(click.get_current_context().info_name)
+        events, close = open_events(self.progress_json) if self.progress_json else (None, False)
+        progress = Progress(
+            command,
+            quiet=self.quiet or self.json or self.progress_json == "-",
+            verbose=self.verbose,
+            events=events,
+            close_events=close,
+            interval_s=self.progress_interval_s,
+        )
+        click.get_current_context().call_on_close(progress.close)
+        return progress
 
     def emit(self, data: dict[str, Any], text: str) -> None:
         if self.json:
@@ -152,12 +264,16 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
+# What names a repository: --repo, and copy's --from and --to.
+REPO_TYPE = click.Path(path_type=Path)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--repo",
-    type=click.Path(path_type=Path),
+    type=REPO_TYPE,
     envvar="TOOLKIT_REPO",
-    help="Repository directory (or TOOLKIT_REPO).",
+    help="Repository directory, or s3://BUCKET/PREFIX in S3-compatible object storage (or TOOLKIT_REPO).",
 )
 @click.option(
     "--config",
@@ -170,6 +286,53 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
 @click.option("--allow-other-owner", is_flag=True, help="Use a repository that belongs to another user.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or log lines on stderr.")
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
+@click.option(
+    "--passphrase-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Encrypted repository: read the passphrase from FILE (mode 0600). Else TOOLKIT_PASSPHRASE, "
+    "the configuration, or a prompt on a terminal.",
+)
+@click.option(
+    "--passphrase-command",
+    metavar="CMD",
+    help="Encrypted repository: the passphrase is what CMD prints (run without a shell).",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="TOOLKIT_LOG_FILE",
+    help="Append timestamped log lines (progress, warnings; -vv: debug) to FILE (or TOOLKIT_LOG_FILE).",
+)
+@click.option(
+    "--progress-json",
+    metavar="FILE",
+    envvar="TOOLKIT_PROGRESS_JSON",
+    help="Append JSON-lines progress events of snapshot, verify, restore, prune and copy to FILE, - for stderr "
+    "(or TOOLKIT_PROGRESS_JSON).",
+)
+@click.option(
+    "--progress-interval",
+    type=click.FloatRange(0),
+    default=EVENT_INTERVAL_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="At most one progress event per SECONDS.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="TOOLKIT_CACHE_DIR",
+    help="s3:// repositories: where this host keeps their catalogs and recently used packs (or "
+    "TOOLKIT_CACHE_DIR; default ~/.cache/appstack-toolkit). Disposable: rebuilt from the bucket.",
+)
+@click.option(
+    "--cache-size",
+    default="4G",
+    show_default=True,
+    envvar="TOOLKIT_CACHE_SIZE",
+    metavar="SIZE",
+    help="s3:// repositories: packs kept in the cache, least recently used out first (or TOOLKIT_CACHE_SIZE).",
+)
 @click.version_option(__version__, prog_name="toolkit")
 @click.pass_context
 def cli(
@@ -180,6 +343,13 @@ def cli(
     allow_other_owner: bool,
     quiet: bool,
     verbose: int,
+    log_file: Path | None,
+    progress_json: str | None,
+    progress_interval: float,
+    passphrase_file: Path | None,
+    passphrase_command: str | None,
+    cache_dir: Path | None,
+    cache_size: str,
 ) -> None:
     """Restore-first backup, verification and recovery for App Volumes volumes.
 
@@ -189,33 +359,95 @@ def cli(
       toolkit --repo /backup/appstacks snapshot /mnt/datastore1
       toolkit --repo /backup/appstacks verify --read-data
       toolkit --repo /backup/appstacks restore --as-of 2026-11-20T03:00 --to /mnt/restore
+      toolkit --repo s3://appstack-backup/dc1 snapshot /mnt/datastore1
     """
-    level = logging.WARNING - 10 * verbose if not quiet else logging.ERROR
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(message)s", stream=sys.stderr)
+    setup_logging(quiet=quiet, verbose=verbose, log_file=log_file)
     ctx.obj = Ctx(repo, as_json, quiet, config_path, config_path is not None, allow_other_owner)
+    ctx.obj.verbose, ctx.obj.progress_json, ctx.obj.progress_interval_s = verbose, progress_json, progress_interval
+    ctx.obj.passphrase_file, ctx.obj.passphrase_command = passphrase_file, passphrase_command
+    ctx.obj.cache_dir, ctx.obj.cache_bytes = cache_dir, parse_size(cache_size)
 
 
 @cli.command()
 @click.option("--chunk-size", default="1M", show_default=True, help="Fixed chunk size (64K … 4M, power of two).")
+@click.option(
+    "--encryption",
+    type=click.Choice(["none", *CIPHERS]),
+    default="none",
+    show_default=True,
+    help="Encrypt every chunk, manifest and snapshot document; a passphrase opens the key (docs/format.md §11).",
+)
+@click.option(
+    "--object-lock-days",
+    type=click.IntRange(1),
+    metavar="DAYS",
+    help="s3:// only: every pack and snapshot document is uploaded with an Object Lock retention of DAYS days "
+    "(the bucket must have Object Lock); prune leaves them until then.",
+)
+@click.option(
+    "--object-lock-mode",
+    type=click.Choice(["compliance", "governance"]),
+    default="compliance",
+    show_default=True,
+    help="With --object-lock-days: compliance (nobody can shorten it) or governance (users allowed to bypass can).",
+)
 @pass_ctx
-def init(c: Ctx, chunk_size: str) -> None:
-    """Create a repository in an empty or new directory.
+def init(c: Ctx, chunk_size: str, encryption: str, object_lock_days: int | None, object_lock_mode: str) -> None:
+    """Create a repository in an empty or new directory, or an empty s3:// bucket or prefix.
+
+    With --encryption, everything stored is encrypted and authenticated and
+    chunk ids are keyed; the passphrase of the first key slot comes from
+    --passphrase-file, --passphrase-command, TOOLKIT_PASSPHRASE or the
+    configuration, or is asked twice on a terminal. Without the passphrase
+    (or another key slot's) nothing stored can be read again.
+
+    In object storage (--repo s3://BUCKET/PREFIX; credentials, endpoint and
+    region from the usual AWS environment), --object-lock-days makes every
+    pack and snapshot document immutable for that many days after its upload.
 
     \b
     Example:
       toolkit --repo /backup/appstacks init
+      toolkit --repo /backup/appstacks --passphrase-file /etc/appstack-toolkit/passphrase init --encryption aes-256-gcm
+      toolkit --repo s3://appstack-backup/dc1 init --object-lock-days 30
     """
+    from toolkit.objstore import LockMode
+    from toolkit.s3repo import ObjectLockPolicy, init_repository
+
     size = parse_size(chunk_size)
-    repo = Repository.init(c.repo(), chunk_size=size)
-    repo.close()
-    c.emit(
-        {"repository": str(repo.root), "id": repo.config.id, "chunk_size": size},
-        f"created repository {repo.root} (chunk size {human_bytes(size)})",
-    )
+    root = c.repo()
+    url = remote_url(root)
+    if object_lock_days is not None and url is None:
+        raise click.UsageError("--object-lock-days needs an s3:// repository")
+    cipher = None if encryption == "none" else encryption
+    passphrase = c.passphrase(root, confirm=True) if cipher else None
+    lock = None
+    if url is not None:
+        policy = ObjectLockPolicy(LockMode(object_lock_mode.upper()), object_lock_days) if object_lock_days else None
+        config, access = init_repository(
+            url, c.cache_dir, chunk_size=size, encryption=cipher, passphrase=passphrase, kdf=c.kdf(), lock_policy=policy
+        )
+        where, repo_id = access.url, config.id
+        lock = {"mode": policy.mode.value, "days": policy.days} if policy is not None else None
+    else:
+        repo = Repository.init(root, chunk_size=size, encryption=cipher, passphrase=passphrase, kdf=c.kdf())
+        repo.close()
+        where, repo_id = str(repo.root), repo.config.id
+    details = [f"chunk size {human_bytes(size)}"]
+    if cipher:
+        details.append(f"encrypted with {cipher}")
+    if lock is not None:
+        details.append(f"object lock {lock['mode']} for {lock['days']} day(s) after each upload")
+    text = f"created repository {where} ({', '.join(details)})"
+    if cipher:
+        text += "\nkeep the passphrase safe: without it nothing stored can be read"
+        text += "" if url is not None else "; add a second passphrase for recovery with: toolkit key add"
+    data = {"repository": where, "id": repo_id, "chunk_size": size, "encryption": cipher}
+    c.emit(data | ({"object_lock": lock} if url is not None else {}), text)
 
 
 def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     try:
         if t and t[-1] in units:
@@ -246,11 +478,12 @@ class Destination:
     site: str | None = None
     datastore: str | None = None
     manager: AvmClient | None = None
+    vsan: Any = None  # a toolkit.ops.vsan.VsanDestination when the datastore is vSAN
 
 
 def resolve_destination(c: Ctx, dest: str, stack: contextlib.ExitStack) -> Destination:
     """A configured datastore (DS or SITE/DS) when one matches and no such directory exists; else a directory."""
-    from toolkit.sites import manager_client, open_transport
+    from toolkit.sites import manager_client, open_transport, vsan_destination
 
     path = Path(dest).expanduser()
     if not path.exists():
@@ -259,7 +492,9 @@ def resolve_destination(c: Ctx, dest: str, stack: contextlib.ExitStack) -> Desti
             for ds in site.datastores:
                 if dest in (ds.name, f"{site.name}/{ds.name}"):
                     manager = manager_client(site.manager) if site.manager else None
-                    return Destination(open_transport(site, ds, stack), site.name, ds.name, manager)
+                    transport = open_transport(site, ds, stack)
+                    vsan = vsan_destination(site, ds, transport, stack)
+                    return Destination(transport, site.name, ds.name, manager, vsan)
     if path.exists() and not path.is_dir():
         raise SourceNotDirectory(path=path)
     return Destination(LocalTransport(path))
@@ -303,13 +538,14 @@ def snapshot(c: Ctx, sources: tuple[str, ...], rehash: bool) -> None:
       toolkit --repo /backup/appstacks snapshot /mnt/datastore1
       toolkit --repo /backup/appstacks snapshot ds-gold=/mnt/nfs/gold
     """
-    progress = c.progress()
+    progress = c.progress("snapshot")
     warnings: list[str] = []
     with contextlib.ExitStack() as stack:
         srcs = resolve_sources(c, list(sources), stack, warnings.append)
         with c.open(readonly=False) as repo, repo.writing("snapshot"):
             report = snapshot_job(repo, srcs, rehash=rehash, event=progress, warnings=warnings)
-    progress.finish()
+            uploaded = _uploads(repo)
+    progress.finish(report.ok, warnings=report.warnings)
     counts = {s: report.count(s) for s in ("new", "changed", "unchanged", "deleted", "failed", "skipped")}
     st = report.stats
     text = (
@@ -323,9 +559,20 @@ def snapshot(c: Ctx, sources: tuple[str, ...], rehash: bool) -> None:
             text += f"\n{v['state']}: {v['key']}: {v['reason']}"
     for w in report.warnings:
         text += f"\nwarning: {w}"
-    c.emit(report.to_json(), text)
+    if uploaded is not None:
+        text += f"\n{uploaded[1]}" if uploaded[1] else ""
+    c.emit(report.to_json() | ({"uploaded": uploaded[0]} if uploaded is not None else {}), text)
     if not report.ok:
         sys.exit(1)
+
+
+def _uploads(repo: Repository) -> tuple[dict[str, Any], str] | None:
+    """What a writer uploaded to object storage (JSON, a line); None for a directory repository."""
+    from toolkit.s3repo import S3Remote
+
+    if not isinstance(repo.remote, S3Remote):
+        return None
+    return repo.remote.uploads.to_json() | {"url": repo.remote.url}, upload_summary(repo.remote)
 
 
 @cli.command()
@@ -499,6 +746,49 @@ def status(c: Ctx, max_age_hours: float) -> None:
 
 @cli.command()
 @click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(0.1),
+    default=CHECK_TIMEOUT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Per connection and request; an endpoint gets at most three times this in all.",
+)
+@pass_ctx
+def check(c: Ctx, timeout_s: float) -> None:
+    """Test every endpoint of the configuration; show what fails and how to fix it; exit 1 on a failure.
+
+    Per site: the App Volumes Manager (version, login), vCenter (login, its
+    datastores), every datastore through its transport (opened, listed, its
+    App Volumes volumes counted), the SSH host key of each SFTP datastore
+    (known, unknown or changed) and the staging datastore of each vSAN
+    datastore (a file written there and removed); then the repository (a file
+    created and removed in its tmp/, and who holds its lock). Changes nothing
+    else; never shows a secret. Warnings (a held lock, TLS verification off, no
+    App Volumes volume found) exit 0.
+
+    \b
+    Example:
+      toolkit check
+      toolkit --json check --timeout 5
+    """
+    from toolkit.ops.endpoints import check_endpoints, rows_text
+
+    config = c.config(required=c.repo_path is None)
+    repository = c.repo_path or (config.repository if config is not None else None)
+    report = check_endpoints(config, repository, timeout_s=timeout_s, allow_other_owner=c.allow_other_owner)
+    text = table(rows_text(report.rows), ["COMPONENT", "TARGET", "STATUS", "DETAIL"])
+    text += f"\n{report.count('fail')} failed, {report.count('warn')} warning(s), {report.count('ok')} ok"
+    fixes = [f"  {r.component} {r.target}: {r.fix}" for r in report.rows if r.fix and r.status != "ok"]
+    if fixes:
+        text += "\n\nto fix:\n" + "\n".join(fixes)
+    c.emit(report.to_json(), text)
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option(
     "--install",
     "install_dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -531,7 +821,7 @@ def schedule(c: Ctx, install_dir: Path | None, user: str | None, cron: bool) -> 
     config = c.config()  # the jobs need it; better to fail now than every night
     if config is None or not config.sites:
         raise ScheduleInvalid(detail="the configuration has no [sites.NAME], so the nightly snapshot has nothing to do")
-    repository = c.repo().expanduser().absolute()
+    repository = c.directory("schedule").expanduser().absolute()
     config_path = config.path.expanduser().absolute()
     run_as = user or repository_owner(repository) or getpass.getuser()
     check_user(run_as, repository)
@@ -582,6 +872,19 @@ def schedule(c: Ctx, install_dir: Path | None, user: str | None, cron: bool) -> 
 @click.option("--sample", type=click.IntRange(1), default=3, show_default=True, help="With --drill: how many volumes.")
 @click.option("--all", "drill_all", is_flag=True, help="With --drill: every volume.")
 @click.option("--scratch", type=click.Path(path_type=Path), help="With --drill: where to restore (default: temp dir).")
+@click.option(
+    "--to",
+    "drill_to",
+    metavar="DEST",
+    help="With --drill: restore onto this configured datastore or directory as drill-NAME-TIME, then remove it.",
+)
+@click.option(
+    "--register",
+    "drill_register",
+    is_flag=True,
+    help="With --drill --to a configured datastore: also import each drilled copy into the manager, then delete it.",
+)
+@click.option("--strict", is_flag=True, help="Exit 1 on a storage-health warning (a read that failed once) too.")
 @pass_ctx
 def verify(
     c: Ctx,
@@ -596,9 +899,12 @@ def verify(
     sample: int,
     drill_all: bool,
     scratch: Path | None,
+    drill_to: str | None,
+    drill_register: bool,
     live: bool,
     sources: tuple[str, ...],
     rehash: bool,
+    strict: bool,
 ) -> None:
     """Prove every stored version can be reassembled; exit 1 naming what is damaged.
 
@@ -609,9 +915,14 @@ def verify(
     exactly the chunks that restore would read, reassembled and digested).
     drill (--drill: restore a rotating sample, or --all, into scratch space,
     check the VMDK structure, qemu-img check when installed and the file
-    system signature, always clean up, record seconds per GiB).
+    system signature, always clean up, record seconds per GiB; with --to, onto
+    a configured datastore through its transport, under a drill name in a
+    toolkit-drill-TIME folder beside the volume's, and with --register imported
+    into the site's manager and deleted from it again, also after a failure).
     Every run is recorded; --history shows them, --coverage DAYS tells how much
     of the stored data was read and found sound within DAYS days.
+    A chunk or pack that fails its check once and reads sound on a second read
+    is a storage-health warning, not damage: exit 0 unless --strict.
 
     \b
     Example:
@@ -620,6 +931,7 @@ def verify(
       toolkit --repo /backup/appstacks verify --max-duration 3600 --coverage 30
       toolkit --repo /backup/appstacks verify --volume 'Office*' --as-of 2026-11-20T03:00
       toolkit --repo /backup/appstacks verify --drill --sample 2
+      toolkit verify --drill --sample 1 --to dc1/appstacks-nfs --register
       toolkit verify --live --rehash
       toolkit --repo /backup/appstacks verify --history
     """
@@ -627,6 +939,12 @@ def verify(
         raise click.UsageError("use one of --read-data, --read-data-subset, --volume, --drill")
     if as_of and not (volumes or drill):
         raise click.UsageError("--as-of needs --volume or --drill")
+    if (drill_to or drill_register) and not drill:
+        raise click.UsageError("--to and --register go with --drill")
+    if drill_register and not drill_to:
+        raise click.UsageError("--register needs --to a configured datastore")
+    if drill_to and scratch:
+        raise click.UsageError("use one of --scratch and --to")
     if history:
         with c.open() as repo:
             runs = repo.index.verify_runs()
@@ -644,12 +962,12 @@ def verify(
         c.emit({"runs": runs}, table(rows, ["STARTED (UTC)", "LEVEL", "SCOPE", "RESULT", "READ", "TOOK"]))
         return
     if drill:
-        run_drill(c, as_of, list(volumes), None if drill_all else sample, scratch)
+        run_drill(c, as_of, list(volumes), None if drill_all else sample, scratch, drill_to, drill_register)
         return
     if live:
         run_live(c, list(sources), rehash)
         return
-    progress = c.progress()
+    progress = c.progress("verify")
     started_at = datetime.now(UTC)
     with c.open_for_verify() as repo:  # records which packs were read, for the rotation
         if volumes:
@@ -662,15 +980,19 @@ def verify(
                 for p in plan
                 for f in p.files
             ]
+            progress("plan", {"bytes": sum({f.manifest_id: f.size for p in plan for f in p.files}.values())})
             report = verify_files(repo, files, progress=lambda n: progress("bytes", {"n": n}))
             scope = f"volumes {' '.join(volumes)} as of {when[:19]}"
         else:
+            if read_data:
+                progress("plan", {"bytes": sum(size for _pack, size, _count, _at in repo.index.packs())})
             report = verify_repo(
                 repo,
                 read_data=read_data,
                 subset_pct=read_data_subset,
                 max_duration_s=max_duration,
                 progress=lambda n: progress("bytes", {"n": n}),
+                open_pack=repo.pack_opener(),  # object storage: the stored copy, downloaded anew
             )
             scope = "all" if report.level != "data-subset" else f"{report.packs_read} least recently verified packs"
         duration = (datetime.now(UTC) - started_at).total_seconds()
@@ -686,7 +1008,10 @@ def verify(
                 "problems": len(report.problems),
                 "bytes_read": report.bytes_read,
                 "packs_read": report.packs_read,
-                "detail": {"problems": [p.message for p in report.problems][:50]},
+                "detail": {
+                    "problems": [p.message for p in report.problems][:50],
+                    "storage_health": [w.message for w in report.storage_health][:50],
+                },
             },
         )
         cover = None
@@ -699,7 +1024,7 @@ def verify(
                 "bytes_total": total,
                 "share": done / total if total else 1.0,
             }
-    progress.finish()
+    progress.finish(report.ok, warnings=report.warnings)
     lines = [
         f"verify ({report.level}): {report.snapshots} snapshots, {report.versions} versions, "
         f"{report.manifests} files, {report.packs_read}/{report.packs_total} packs read "
@@ -707,8 +1032,10 @@ def verify(
     ]
     for w in report.warnings:
         lines.append(f"warning: {w}")
+    for h in report.storage_health:
+        lines.append(f"warning: storage health: {h.message}")
     for p in report.problems:
-        lines.append(f"DAMAGED {p.kind}: {p.message}")
+        lines.append(f"LOST: {p.message}" if p.kind == "lost" else f"DAMAGED {p.kind}: {p.message}")
         for a in p.affected:
             lines.append(f"  affects {a.volume} in snapshot {a.snapshot_id[:12]} ({a.created_at[:19]}): {a.path}")
     if cover is not None:
@@ -722,8 +1049,13 @@ def verify(
         lines.append("ok: metadata consistent; no data was read (use --read-data to read every byte)")
     else:
         lines.append("ok: every version checked is restorable")
+    if report.storage_health:
+        lines.append(
+            f"{len(report.storage_health)} storage-health warning(s): a read returned wrong bytes once; "
+            "check the disks and the path to the repository" + (" (--strict: exit 1)" if strict else "")
+        )
     c.emit(report.to_json() | {"coverage": cover, "duration_s": round(duration, 3)}, "\n".join(lines))
-    if not report.ok:
+    if not report.ok or (strict and report.storage_health):
         sys.exit(1)
 
 
@@ -771,15 +1103,30 @@ def run_live(c: Ctx, names: list[str], rehash: bool) -> None:
         sys.exit(1)
 
 
-def run_drill(c: Ctx, as_of: str | None, patterns: list[str], sample: int | None, scratch: Path | None) -> None:
-    from toolkit.ops.drill import choose
+def run_drill(
+    c: Ctx,
+    as_of: str | None,
+    patterns: list[str],
+    sample: int | None,
+    scratch: Path | None,
+    dest: str | None = None,
+    register: bool = False,
+) -> None:
+    from toolkit.ops.drill import DrillTarget, choose
     from toolkit.ops.drill import drill as drill_job
+    from toolkit.ops.register import NoManager
 
     started_at = datetime.now(UTC)
-    with c.open(readonly=False) as repo:
+    with contextlib.ExitStack() as stack, c.open(readonly=False) as repo:
+        target = None
+        if dest is not None:
+            where = resolve_destination(c, dest, stack)
+            if register and where.manager is None:
+                raise NoManager(site=where.site or dest)
+            target = DrillTarget(where.transport, where.manager if register else None, where.datastore)
         when = parse_as_of(as_of, repo) if as_of else started_at.isoformat(timespec="microseconds")
         keys = choose(repo, when, sample, patterns)
-        results = drill_job(repo, when, keys, scratch=scratch)
+        results = drill_job(repo, when, keys, scratch=scratch, target=target)
         ok = all(r.ok for r in results)
         duration = (datetime.now(UTC) - started_at).total_seconds()
         drill_warnings: list[str] = []
@@ -809,6 +1156,7 @@ def run_drill(c: Ctx, as_of: str | None, patterns: list[str], sample: int | None
         for r in results
     ]
     text = table(rows, ["VOLUME", "DRILL", "SIZE", "TOOK", "DETAIL"])
+    text += "".join(f"\nnote: {r.volume}: {n}" for r in results for n in r.notes)
     total = sum(r.size for r in results)
     if total:
         text += f"\nrecovery time: {sum(r.seconds for r in results) / (total / (1 << 30)):.1f} s per GiB"
@@ -833,6 +1181,24 @@ def run_drill(c: Ctx, as_of: str | None, patterns: list[str], sample: int | None
 @click.option("--dry-run", is_flag=True, help="Show what would be restored; write nothing.")
 @click.option("--overwrite", is_flag=True, help="Replace files that exist and differ (never ones desktops use).")
 @click.option("--register", is_flag=True, help="Import the restored volumes into the site's App Volumes Manager.")
+@click.option(
+    "--rename",
+    metavar="TEMPLATE",
+    help="Write each volume beside the live one under a new name: {name} is its name, {date} its capture date.",
+)
+@click.option(
+    "--restore-assignments",
+    is_flag=True,
+    help="With --register: create again the assignments recorded with each version.",
+)
+@click.option(
+    "--verify-landed",
+    type=click.Choice(["written", "readback"]),
+    default="written",
+    show_default=True,
+    help="Into a directory: check the bytes as handed to the storage (and a few blocks read back), "
+    "or read every file back from the storage after fsync (a second pass over the disk).",
+)
 @pass_ctx
 def restore(
     c: Ctx,
@@ -844,6 +1210,9 @@ def restore(
     dry_run: bool,
     overwrite: bool,
     register: bool,
+    rename: str | None,
+    restore_assignments: bool,
+    verify_landed: str,
 ) -> None:
     """Restore each volume as it was at --as-of onto a datastore or into a directory.
 
@@ -852,19 +1221,33 @@ def restore(
     renamed. Zero chunks stay holes. A re-run skips files already in place.
     With --to a configured datastore, volumes the manager reports attached to
     desktops are never replaced, and --register imports the restored volumes
-    and checks the manager lists them again with their recorded GUID.
+    and checks the manager lists them again with their recorded GUID;
+    --restore-assignments then assigns them as they were at capture.
+    --rename writes a volume beside the live one, in the same folder, as a
+    volume of its own: new file names (the descriptor names the new extents),
+    sidecars carrying the new name and a new GUID; rewritten files are checked
+    against the digest of their new content, data extents against the
+    recorded one. The plan says which versions were captured without sidecars
+    (the manager may import those as Legacy).
 
     \b
     Example:
       toolkit --repo /backup/appstacks restore --as-of 2026-11-20T03:00 --to /mnt/restore
       toolkit --repo /backup/appstacks restore --as-of 2026-11-20 --volume 'Office*' --to /mnt/restore --dry-run
       toolkit restore --as-of 2026-11-20T03:00 --volume 'Office 2016' --to dc1/appstacks-nfs --register
+      toolkit restore --as-of 2026-11-20 --volume 'Office 2016' --to dc1/appstacks-nfs --register --restore-assignments
+      toolkit restore --as-of 2026-11-20 --volume 'Office 2016' --to dc1/appstacks-nfs --rename '{name} restored'
       toolkit restore --previous 1 --volume 'Office 2016' --to /mnt/restore
     """
     if as_of is None and previous is None:
         raise click.UsageError("give --as-of TIME or --previous N")
+    if restore_assignments and not register:
+        raise click.UsageError("--restore-assignments needs --register")
     from toolkit.ops.register import NoManager, in_use
     from toolkit.ops.register import register as register_volumes
+    from toolkit.ops.restore import rename_template
+
+    renamer = rename_template(rename) if rename is not None else None
 
     stack = contextlib.ExitStack()
     target = resolve_destination(c, dest, stack)
@@ -873,7 +1256,7 @@ def restore(
     protected: dict[str, str] = {}
     if target.manager is not None and target.datastore is not None:
         protected = in_use(target.manager.inventory(), target.datastore)
-    progress = c.progress()
+    progress = c.progress("restore")
     with stack, c.open() as repo:
         when = parse_as_of(as_of, repo) if as_of else datetime.now(UTC).isoformat(timespec="microseconds")
         report = restore_job(
@@ -887,25 +1270,136 @@ def restore(
             overwrite=overwrite,
             previous=previous,
             protected=protected,
+            rename=renamer,
             event=progress,
+            vsan=target.vsan,
+            verify_landed=verify_landed,
         )
     if register and not dry_run and target.manager is not None and target.datastore is not None:
-        register_volumes(target.manager, target.datastore, report.volumes)
-    progress.finish()
+        register_volumes(target.manager, target.datastore, report.volumes, restore_assignments=restore_assignments)
+    progress.finish(report.ok)
     rows = [
         [
             v["key"],
             v["status"],
             v.get("captured_at", "")[:19],
             human_bytes(v.get("size", 0)),
-            v.get("error") or v.get("note") or v.get("reason") or "",
+            v.get("error")
+            or v.get("register_error")
+            or v.get("assignments_error")
+            or v.get("note")
+            or v.get("reason")
+            or "",
         ]
         for v in report.volumes
     ]
     text = table(rows, ["VOLUME", "STATUS", "CAPTURED (UTC)", "SIZE", "NOTE"])
+    text += "".join(restore_details(v) for v in report.volumes)
     if not dry_run:
         text += f"\nwrote {human_bytes(report.bytes_written)} in {report.duration_s:.1f} s"
     c.emit(report.to_json(), text)
+    if not report.ok:
+        sys.exit(1)
+
+
+def restore_details(v: dict[str, Any]) -> str:
+    """Lines under the restore table: new names, sidecar warnings, assignments created."""
+    lines = []
+    if v.get("renamed_from"):
+        guid = f" with GUID {v['guid']}" if v.get("guid") else ""
+        lines.append(f"{v['key']}: written as {v['path']} ({v['name']!r}{guid})")
+    lines += [f"warning: {v['key']}: {w}" for w in v.get("warnings") or []]
+    for a in v.get("assignments") or []:
+        detail = f" ({a['detail']})" if a.get("detail") else ""
+        lines.append(f"{v['key']}: assignment {a['who']}: {a['status']}{detail}")
+    return "".join("\n" + line for line in lines)
+
+
+@cli.command("copy")
+@click.option("--from", "source", type=REPO_TYPE, metavar="REPO", help="The repository to copy from (default: --repo).")
+@click.option("--to", "dest", type=REPO_TYPE, required=True, metavar="REPO", help="The repository to copy into.")
+@click.option("--as-of", "as_of", help="Only snapshots taken at or before this time (ISO 8601) or snapshot id.")
+@click.option("--volume", "volumes", multiple=True, metavar="GLOB", help="Only volumes whose name, path or key match.")
+@click.option("--dry-run", is_flag=True, help="Show what would be copied and sent; write nothing.")
+@click.option(
+    "--from-passphrase-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Encrypted source: its passphrase is in FILE (default: as for --repo).",
+)
+@click.option("--from-passphrase-command", metavar="CMD", help="Encrypted source: its passphrase is what CMD prints.")
+@click.option(
+    "--to-passphrase-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Encrypted destination: its passphrase is in FILE (default: as for --repo).",
+)
+@click.option(
+    "--to-passphrase-command", metavar="CMD", help="Encrypted destination: its passphrase is what CMD prints."
+)
+@pass_ctx
+def copy_cmd(
+    c: Ctx,
+    source: Path | None,
+    dest: Path,
+    as_of: str | None,
+    volumes: tuple[str, ...],
+    dry_run: bool,
+    from_passphrase_file: Path | None,
+    from_passphrase_command: str | None,
+    to_passphrase_file: Path | None,
+    to_passphrase_command: str | None,
+) -> None:
+    """Copy the snapshots another repository lacks into it: an off-site copy.
+
+    Only chunks the destination does not hold are read, checked and sent;
+    a run after the nightly snapshot sends what that snapshot added. The
+    destination is a repository made with init, with the same chunk size; it
+    may be encrypted when the source is not, or under another passphrase
+    (chunks are then stored again under its own keys). A damaged source chunk
+    fails that volume (exit 1); nothing damaged is copied. A copy holds the
+    destination's writer lock; an interrupted one is resumed by running it
+    again, without sending again what it had stored.
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks copy --to /mnt/dc2-backup/dc1-copy
+      toolkit copy --from /backup/appstacks --to /mnt/dc2-backup/dc1-copy --as-of 2026-11-20T03:00 --dry-run
+    """
+    from toolkit.ops.copy import CopyToItself
+    from toolkit.ops.copy import copy as copy_job
+
+    src_root = source or c.repo()
+    if Path(src_root).expanduser().resolve() == Path(dest).expanduser().resolve():
+        raise CopyToItself(path=dest)
+    for root, file, command in (
+        (src_root, from_passphrase_file, from_passphrase_command),
+        (dest, to_passphrase_file, to_passphrase_command),
+    ):
+        if file is not None or command is not None:
+            c.passphrase_sources[root] = (file, command)
+    progress = c.progress("copy")
+    with c.open(root=src_root) as src, c.open(readonly=dry_run, root=dest) as dst:
+        when = parse_as_of(as_of, src) if as_of else None
+        with contextlib.ExitStack() as stack:
+            if not dry_run:
+                stack.enter_context(dst.writing("copy"))
+            report = copy_job(src, dst, as_of=when, patterns=list(volumes), dry_run=dry_run, event=progress)
+        where_from, where_to = src.location, dst.location
+    progress.finish(report.ok, warnings=report.warnings)
+    st = report.stats
+    verb = "would copy" if dry_run else "copied"
+    copied = report.count("planned") if dry_run else report.count("copied") + report.count("partial")
+    text = (
+        f"{verb} {copied} snapshot(s) from {where_from} to {where_to}; {report.count('present')} already there\n"
+        f"{'would send' if dry_run else 'sent'} {st.chunks_sent} chunk(s), {human_bytes(st.bytes_sent)} "
+        f"({human_bytes(st.raw_bytes_sent)} of data); {st.chunks_present} chunk(s) already there, "
+        f"{st.files_present} file(s) already whole; {report.duration_s:.1f} s"
+    )
+    for p in report.problems:
+        where = f"{p['volume']} in snapshot {p['snapshot'][:12]}" if p["volume"] else f"snapshot {p['snapshot'][:12]}"
+        text += f"\nfailed: {where}: {p['error']}"
+    for w in report.warnings:
+        text += f"\nwarning: {w}"
+    c.emit(report.to_json() | {"from": where_from, "to": where_to}, text)
     if not report.ok:
         sys.exit(1)
 
@@ -952,8 +1446,10 @@ def prune(
     from catalog.prune import prune as prune_repo
 
     policy = Policy(keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_deleted_days)
+    progress = c.progress("prune")
     with c.open(readonly=False) as repo, repo.writing("prune"):
         report = prune_repo(repo, policy, dry_run=dry_run, now=datetime.now(UTC))
+    progress.finish()
     verb = "would remove" if dry_run else "removed"
     lines = [f"{verb} {len(report.removed)} snapshot(s), kept {len(report.kept)}"]
     lines += [f"  keep {sid[:12]}: {', '.join(why)}" for sid, why in sorted(report.kept.items())]
@@ -962,6 +1458,9 @@ def prune(
         f"{'would free' if dry_run else 'freed'} {human_bytes(report.bytes_freed)} "
         f"({report.packs_deleted} pack(s) deleted, {report.packs_repacked} repacked)"
     )
+    if report.locked:
+        lines.append(f"kept under object lock ({len(report.locked)}), removed by a prune after the date shown:")
+        lines += [f"  {x['kind']} {x['id'][:12]} until {x['until']}" for x in report.locked]
     c.emit(report.to_json(), "\n".join(lines))
 
 
@@ -969,25 +1468,111 @@ def prune(
 @click.option(
     "--rebuild-catalog",
     is_flag=True,
-    required=True,
-    help="Rebuild catalog.db from packs and snapshot documents.",
+    help="Rebuild catalog.db from packs, snapshot documents and quarantine notes.",
 )
+@click.option("--salvage", is_flag=True, help="Check packs and salvage damaged ones (what repair does by default).")
+@click.option("--pack", "pack_ids", multiple=True, metavar="PACK_ID", help="Check only this pack (8+ hex digits).")
+@click.option("--dry-run", is_flag=True, help="Say what salvage would recover and lose; change nothing.")
 @pass_ctx
-def repair(c: Ctx, rebuild_catalog: bool) -> None:
-    """Rebuild the catalog from the packs and snapshot documents alone.
+def repair(c: Ctx, rebuild_catalog: bool, salvage: bool, pack_ids: tuple[str, ...], dry_run: bool) -> None:
+    """Salvage damaged packs, or rebuild the catalog; exit 1 when stored data is lost.
+
+    Salvage (the default) reads every pack, or those given with --pack. From a
+    damaged one (missing, torn, a record failing its check) it recovers every
+    record that still proves its chunk id into new packs, moves the damaged
+    file to quarantine/ (never deleting it) and marks the rest lost. It lists
+    every version that needs a lost chunk, and exits 1 when there is one. The
+    next snapshot reads such volumes again and stores the lost chunks from the
+    datastores, which heals every version that uses them.
+
+    --rebuild-catalog moves catalog.db aside and rebuilds it from the packs,
+    snapshot documents and quarantine notes; with --salvage it does both.
 
     \b
     Example:
+      toolkit --repo /backup/appstacks repair --dry-run
+      toolkit --repo /backup/appstacks repair
+      toolkit --repo /backup/appstacks repair --pack 3fa2c1d09b7e
       toolkit --repo /backup/appstacks repair --rebuild-catalog
     """
     from catalog.rebuild import rebuild_catalog as rebuild
+    from catalog.salvage import salvage as salvage_job
 
-    result = rebuild(c.repo())
-    c.emit(
-        result,
-        f"catalog rebuilt: {result['packs']} packs, {result['snapshots']} snapshots"
-        + (f" (old catalog kept as {result['old_catalog']})" if result.get("old_catalog") else ""),
-    )
+    if rebuild_catalog and dry_run:
+        raise click.UsageError("--dry-run applies to salvage; a rebuild keeps the old catalog beside the new one")
+    salvage = salvage or bool(pack_ids) or dry_run or not rebuild_catalog
+    url = remote_url(c.repo())
+    if url is not None and salvage:
+        raise RemoteUnsupported(command="repair --salvage", url=url)
+    lines: list[str] = []
+    rebuilt = None
+    if rebuild_catalog:
+        with unlocked(c.keys()):  # the rebuild opens the repository by its path alone
+            if url is not None:  # this host's cache of it, rebuilt from the bucket
+                access = c.s3(url)
+                rebuilt = rebuild(access.root, remote=access.remote, cache_bytes=c.cache_bytes)
+            else:
+                rebuilt = rebuild(c.repo())
+        lines.append(
+            f"catalog rebuilt: {rebuilt['packs']} packs, {rebuilt['snapshots']} snapshots, "
+            f"{rebuilt['quarantined_packs']} quarantined pack(s), {rebuilt['lost_chunks']} lost chunk(s)"
+            + (f" (old catalog kept as {rebuilt['old_catalog']})" if rebuilt.get("old_catalog") else "")
+        )
+        if not salvage:
+            if rebuilt["lost_chunks"] and url is not None:
+                lines.append(
+                    "warning: stored versions need chunks no pack holds; the next snapshot stores them again "
+                    "from volumes still on their datastores (toolkit verify lists them)"
+                )
+            elif rebuilt["lost_chunks"]:
+                lines.append("warning: stored versions need chunks no pack holds; run: toolkit repair")
+            c.emit(rebuilt, "\n".join(lines))
+            return
+    progress = c.progress()
+    with c.open(readonly=False) as repo, repo.writing("repair --salvage"):
+        report = salvage_job(
+            repo, pack_ids=list(pack_ids), dry_run=dry_run, progress=lambda n: progress("bytes", {"n": n})
+        )
+    progress.finish()
+    lines += render_salvage(report)
+    c.emit(report.to_json() | {"rebuild": rebuilt}, "\n".join(lines))
+    if not report.ok:
+        sys.exit(1)
+
+
+def render_salvage(report: SalvageReport) -> list[str]:
+    would = "would be " if report.dry_run else ""
+    lines = [
+        f"salvage{' (dry run)' if report.dry_run else ''}: {report.packs_checked} pack(s) checked "
+        f"({human_bytes(report.bytes_read)} read), {len(report.damaged)} damaged"
+    ]
+    lines += [f"finished moving pack {pid[:12]} to quarantine/ (a repair was interrupted)" for pid in report.finished]
+    for d in report.damaged:
+        lines.append(f"DAMAGED pack {d.pack_id[:12]}: {d.reason}")
+        lines.append(
+            f"  {d.chunks_recovered} chunk(s) {would}recovered ({human_bytes(d.bytes_recovered)}), "
+            f"{d.chunks_elsewhere} held by sound packs, {len(d.chunks_lost)} lost"
+        )
+        if d.quarantined:
+            lines.append(f"  moved to {d.quarantined}")
+    lines += [f"warning: storage health: {w.message}" for w in report.storage_health]
+    if report.new_packs:
+        lines.append(f"{len(report.new_packs)} new pack(s) written")
+    for f in report.lost_files:
+        what = "the whole file (its manifest is lost)" if f.manifest_lost else f"{f.chunks} chunk(s)"
+        lines.append(
+            f"LOST {f.volume} in snapshot {f.snapshot_id[:12]} ({f.created_at[:19]}): {f.path}: {what}, "
+            f"{human_bytes(f.bytes)}"
+        )
+    if report.ok:
+        lines.append("ok: every stored version has all its chunks")
+    else:
+        versions = len({(f.volume, f.snapshot_id) for f in report.lost_files})
+        lines.append(
+            f"{report.lost_chunks} chunk(s) {would}lost, needed by {versions} version(s); the next snapshot stores "
+            "them again from volumes still on their datastores, then: toolkit verify --read-data"
+        )
+    return lines
 
 
 @cli.command()
@@ -1011,7 +1596,12 @@ def unlock(c: Ctx, force: bool, older_than: float | None) -> None:
       toolkit --repo /backup/appstacks unlock
       toolkit --repo /backup/appstacks unlock --older-than 24
     """
-    held = break_lock(c.repo(), force=force, older_than_s=older_than * 3600 if older_than else None)
+    older_than_s = older_than * 3600 if older_than else None
+    url = remote_url(c.repo())
+    if url is not None:
+        held = break_remote_lock(c.s3(url).remote, force=force, older_than_s=older_than_s)
+    else:
+        held = break_lock(c.repo(), force=force, older_than_s=older_than_s)
     if held is None:
         c.emit({"removed": None}, "repository is not locked")
     else:
@@ -1111,6 +1701,128 @@ def lab_up_cmd(c: Ctx, directory: Path, flavour: str, tls: bool, port: int, vcsi
         stop=stop,
         ready=ready,
     )
+
+
+@cli.group()
+def key() -> None:
+    """The passphrase key slots of an encrypted repository."""
+
+
+def _key_slots(c: Ctx) -> tuple[Path, str, list[Any]]:
+    """(root, repository id, slots) of an encrypted repository; NotEncrypted otherwise."""
+    from catalog.keys import read_slots
+
+    root = c.directory("key")
+    config = read_config(root)
+    if config.encryption is None:
+        raise NotEncrypted(path=root)
+    return root, config.id, read_slots(root, config.id)
+
+
+def _unlocked_slot(c: Ctx) -> tuple[Path, RepoKeys, str]:
+    _key_slots(c)  # NotEncrypted before any passphrase is asked
+    opened = c.unlock()
+    if opened is None:  # read_config said encrypted a moment ago
+        raise NotEncrypted(path=c.repo())
+    return c.repo(), opened[0], opened[1]
+
+
+def _new_passphrase(c: Ctx, root: Path, file: Path | None, command: str | None) -> str:
+    from toolkit.config import Secret
+
+    if file is not None:
+        return Secret("new repository passphrase", file=file.expanduser()).get()
+    if command is not None:
+        return Secret("new repository passphrase", command=command).get()
+    return c.passphrase(root, new=True, confirm=True)
+
+
+_new_passphrase_file = click.option(
+    "--new-passphrase-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read the new passphrase from FILE (mode 0600); else TOOLKIT_NEW_PASSPHRASE, or asked on a terminal.",
+)
+_new_passphrase_command = click.option(
+    "--new-passphrase-command", metavar="CMD", help="The new passphrase is what CMD prints (run without a shell)."
+)
+
+
+@key.command("list")
+@pass_ctx
+def key_list(c: Ctx) -> None:
+    """List the key slots (no passphrase needed: the slots hold only wrapped keys).
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks key list
+    """
+    _root, _repo_id, slots = _key_slots(c)
+    rows = [[s.id, s.created_at, s.cipher, s.kdf.describe()] for s in slots]
+    data = [{"id": s.id, "created_at": s.created_at, "cipher": s.cipher, "kdf": s.kdf.to_json()} for s in slots]
+    c.emit({"slots": data}, table(rows, ["SLOT", "CREATED (UTC)", "CIPHER", "KEY DERIVATION"]))
+
+
+@key.command("add")
+@_new_passphrase_file
+@_new_passphrase_command
+@pass_ctx
+def key_add(c: Ctx, new_passphrase_file: Path | None, new_passphrase_command: str | None) -> None:
+    """Add a key slot: one more passphrase that opens the repository.
+
+    The current passphrase (--passphrase-file, --passphrase-command,
+    TOOLKIT_PASSPHRASE, the configuration, or a prompt) proves access; the new
+    one comes from --new-passphrase-file, --new-passphrase-command,
+    TOOLKIT_NEW_PASSPHRASE, or is asked twice on a terminal.
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks key add --new-passphrase-file /root/recovery-passphrase
+    """
+    from catalog.keys import add_slot
+
+    root, keys, _slot = _unlocked_slot(c)
+    added = add_slot(root, keys, _new_passphrase(c, root, new_passphrase_file, new_passphrase_command), c.kdf())
+    c.emit({"added": added.id}, f"added key slot {added.id}")
+
+
+@key.command("change")
+@_new_passphrase_file
+@_new_passphrase_command
+@pass_ctx
+def key_change(c: Ctx, new_passphrase_file: Path | None, new_passphrase_command: str | None) -> None:
+    """Replace the key slot the current passphrase opens by one under a new passphrase.
+
+    The data is not re-encrypted: the same repository key is wrapped again.
+
+    \b
+    Example:
+      TOOLKIT_PASSPHRASE=… TOOLKIT_NEW_PASSPHRASE=… toolkit --repo /backup/appstacks key change
+    """
+    from catalog.keys import change_slot
+
+    root, keys, slot = _unlocked_slot(c)
+    new = _new_passphrase(c, root, new_passphrase_file, new_passphrase_command)
+    changed = change_slot(root, keys, slot, new, c.kdf())
+    c.emit({"removed": slot, "added": changed.id}, f"key slot {slot} replaced by {changed.id}")
+
+
+@key.command("remove")
+@click.argument("slot")
+@pass_ctx
+def key_remove(c: Ctx, slot: str) -> None:
+    """Remove key slot SLOT; the passphrase given must open a slot that stays.
+
+    The last slot is never removed.
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks key remove 3fa2c1d0
+    """
+    from catalog.keys import remove_slot
+
+    root, keys, _opened = _unlocked_slot(c)
+    left = remove_slot(root, keys, slot, c.passphrase(root))
+    c.emit({"removed": slot, "slots": [s.id for s in left]}, f"removed key slot {slot}; {len(left)} left")
 
 
 @cli.group()

@@ -21,6 +21,11 @@ from catalog.errors import Error
 TRANSPORTS: Final = ("local", "sftp", "http")
 WRITABLE_POLICIES: Final = ("skip", "copy", "disable")
 SECRET_COMMAND_TIMEOUT_S: Final = 30.0
+# Names of environment variables, not secrets (hence the noqa): an encrypted repository's passphrase,
+# and the new one for `toolkit key add` and `key change`.
+PASSPHRASE_ENV: Final = "TOOLKIT_PASSPHRASE"  # noqa: S105
+NEW_PASSPHRASE_ENV: Final = "TOOLKIT_NEW_PASSPHRASE"  # noqa: S105
+WEAKEN_KDF_ENV: Final = "TOOLKIT_TESTONLY_WEAKEN_KDF"  # =1: cheap key slots for test suites (as borg's)
 
 
 class ConfigError(Error):
@@ -144,6 +149,7 @@ class Config:
     path: Path
     repository: Path | None
     sites: tuple[SiteConfig, ...]
+    passphrase: Secret | None = None  # passphrase_file / passphrase_command: an encrypted repository's
 
     def site(self, name: str) -> SiteConfig | None:
         return next((s for s in self.sites if s.name == name), None)
@@ -176,11 +182,49 @@ def _parse(path: Path, data: dict[str, Any], private: bool) -> Config:
     sites_raw = data.get("sites", {})
     if not isinstance(sites_raw, dict):
         raise ConfigError(path=path, detail="[sites] must be a table of sites")
-    unknown = set(data) - {"repository", "sites"}
+    unknown = set(data) - {"repository", "sites", "passphrase_file", "passphrase_command"}
     if unknown:
         raise ConfigError(path=path, detail=f"unknown top-level key(s): {', '.join(sorted(unknown))}")
     sites = tuple(reader.site(name, raw) for name, raw in sites_raw.items())
-    return Config(path, Path(repo).expanduser() if isinstance(repo, str) else None, sites)
+    repository = Path(repo).expanduser() if isinstance(repo, str) else None
+    return Config(path, repository, sites, _passphrase(path, data))
+
+
+def _passphrase(path: Path, data: dict[str, Any]) -> Secret | None:
+    given = [k for k in ("passphrase_file", "passphrase_command") if k in data]
+    if not given:
+        return None
+    if len(given) > 1 or not isinstance(data[given[0]], str) or not data[given[0]]:
+        raise ConfigError(path=path, detail="give one of passphrase_file or passphrase_command, as a string")
+    if given[0] == "passphrase_file":
+        return Secret("repository passphrase", file=Path(data["passphrase_file"]).expanduser())
+    return Secret("repository passphrase", command=data["passphrase_command"])
+
+
+def passphrase_source(
+    file: Path | None, command: str | None, config: Config | None, *, new: bool = False
+) -> Secret | None:
+    """Where the repository passphrase (``new``: the one a key slot gets) comes from; None: ask, if anyone can.
+
+    A file or command given on the command line, else the environment
+    (TOOLKIT_PASSPHRASE, or TOOLKIT_NEW_PASSPHRASE), else the configuration file.
+    """
+    what = "new repository passphrase" if new else "repository passphrase"
+    if file is not None:
+        return Secret(what, file=file.expanduser())
+    if command is not None:
+        return Secret(what, command=command)
+    env = NEW_PASSPHRASE_ENV if new else PASSPHRASE_ENV
+    if env in os.environ:
+        return Secret(what, env=env)
+    if not new and config is not None:
+        return config.passphrase
+    return None
+
+
+def kdf_weakened_for_tests() -> bool:
+    """True when TOOLKIT_TESTONLY_WEAKEN_KDF=1: new key slots use the cheapest scrypt cost (tests only)."""
+    return os.environ.get(WEAKEN_KDF_ENV) == "1"
 
 
 @dataclass
@@ -259,6 +303,7 @@ class _Reader:
             raise self.fail(where, "no datastores configured")
         if any(d.transport == "http" for d in datastores) and vcenter is None:
             raise self.fail(where, 'a datastore with transport = "http" needs a [vcenter] for the site')
+        self.check_staging(where, datastores, vcenter)
         writables = raw.get("writables", "skip")
         if writables not in WRITABLE_POLICIES:
             raise self.fail(where, f"writables must be one of {', '.join(WRITABLE_POLICIES)}")
@@ -268,16 +313,45 @@ class _Reader:
             raise self.fail(where, "include and exclude are lists of glob strings")
         return SiteConfig(name, manager, vcenter, datastores, tuple(include), tuple(exclude), writables)
 
+    def check_staging(self, where: str, datastores: tuple[DatastoreConfig, ...], vcenter: VcenterConfig | None) -> None:
+        """vSAN copies go through vCenter onto another configured, non-vSAN datastore of the same site."""
+        by_name = {d.name: d for d in datastores}
+        for d in datastores:
+            at = f"{where}.datastores.{d.name}"
+            if d.vsan and vcenter is None:
+                raise self.fail(at, "a vSAN datastore needs a [vcenter] for the site (disks are copied through it)")
+            if d.staging is None:
+                continue
+            if not d.vsan:
+                raise self.fail(at, "staging only applies to a vSAN datastore (vsan = true)")
+            staging = by_name.get(d.staging)
+            if staging is None:
+                raise self.fail(at, f"staging {d.staging!r} is not a datastore of this site")
+            if staging.vsan:
+                raise self.fail(at, f"staging {d.staging!r} is vSAN itself; name a VMFS or NFS datastore")
+
+    def vsan_fields(self, raw: dict[str, Any], where: str) -> tuple[bool, str | None]:
+        vsan = raw.get("vsan", False)
+        staging = raw.get("staging")
+        if not isinstance(vsan, bool):
+            raise self.fail(where, "vsan must be true or false")
+        if staging is not None and (not isinstance(staging, str) or not staging):
+            raise self.fail(where, "staging must be the name of a datastore of this site")
+        return vsan, staging
+
     def datastore(self, site: str, name: str, raw_ds: object) -> DatastoreConfig:
         where = f"[sites.{site}.datastores.{name}]"
         raw = self.table(raw_ds, where)
         transport = raw.get("transport", "local")
         if transport not in TRANSPORTS:
             raise self.fail(where, f"transport must be one of {', '.join(TRANSPORTS)}")
+        vsan, staging = self.vsan_fields(raw, where)
         if transport == "local":
+            if vsan or staging is not None:
+                raise self.fail(where, 'vsan and staging need transport = "http" or "sftp" (vSAN cannot be mounted)')
             return DatastoreConfig(name, "local", str(Path(self.text(raw, "path", where)).expanduser()))
         if transport == "http":
-            return DatastoreConfig(name, "http", "", vsan=bool(raw.get("vsan", False)), staging=raw.get("staging"))
+            return DatastoreConfig(name, "http", "", vsan=vsan, staging=staging)
         port = raw.get("port", 22)
         if not isinstance(port, int) or not 0 < port < 65536:
             raise self.fail(where, "port must be a TCP port number")
@@ -296,8 +370,8 @@ class _Reader:
             key_file=Path(key).expanduser() if isinstance(key, str) else None,
             password=password,
             known_hosts=Path(known).expanduser(),
-            vsan=bool(raw.get("vsan", False)),
-            staging=raw.get("staging"),
+            vsan=vsan,
+            staging=staging,
             host_hashing=bool(raw.get("host_hashing", True)),
         )
 
@@ -340,4 +414,9 @@ path = "/vmfs/volumes/appstacks-vmfs"
 
 # [sites.dc1.datastores.appstacks-http]
 # transport = "http"               # datastore HTTP through the vCenter above
+
+# [sites.dc1.datastores.vsanDatastore]
+# transport = "http"               # lists the vSAN namespace (descriptors and sidecars)
+# vsan = true                      # disks are objects: copied through vCenter to the staging datastore
+# staging = "appstacks-vmfs"       # a VMFS or NFS datastore of this site with room for the largest disk
 """

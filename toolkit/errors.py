@@ -31,7 +31,7 @@ class NothingToRestore(Error):
 
 class DestinationExists(Error):
     template = "{path} already exists"
-    hint = "restore elsewhere, or pass --overwrite to replace it"
+    hint = "restore beside it with --rename '{{name}} restored', elsewhere with --to, or replace it with --overwrite"
     code = "destination_exists"
 
 

@@ -10,6 +10,7 @@ from catalog.errors import Error
 from toolkit.transports.base import FileInfo, Transport
 from toolkit.vmdk import (
     DESCRIPTOR_MAX_BYTES,
+    VSAN_SCHEME,
     decode_name,
     is_descriptor_name,
     parse_descriptor,
@@ -32,6 +33,7 @@ class FoundVolume:
     kind: str
     files: list[VolumeFile] = field(default_factory=list)
     error: str | None = None
+    objects: list[str] = field(default_factory=list)  # extents that are vSAN objects (vsan://…), not files
 
     @property
     def key(self) -> str:
@@ -62,6 +64,9 @@ def find_volumes(datastore: str, transport: Transport, listing: Iterable[FileInf
         if desc is not None:
             for ext in desc.extents:
                 if ext.filename is None:
+                    continue
+                if ext.filename.lower().startswith(VSAN_SCHEME):  # no file to read: only a staged copy can
+                    vol.objects.append(ext.filename)
                     continue
                 ext_path = (parent / ext.filename).as_posix() if str(parent) != "." else ext.filename
                 ext_info = files.get(ext_path)

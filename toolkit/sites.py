@@ -6,14 +6,17 @@ import logging
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from catalog.errors import Error
 from toolkit.avm import AvmClient, AvmVolume
 from toolkit.config import Config, DatastoreConfig, ManagerConfig, SiteConfig, TlsConfig
-from toolkit.ops.snapshot import Source
+from toolkit.ops.snapshot import Source, Stager, WritableSwitch
 from toolkit.transports.base import Transport
 from toolkit.transports.local import LocalTransport
+
+if TYPE_CHECKING:
+    from toolkit.ops.vsan import VsanDestination
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,59 @@ def open_sftp(site: SiteConfig, ds: DatastoreConfig, stack: ExitStack) -> Transp
     return transport
 
 
+def open_stager(site: SiteConfig, ds: DatastoreConfig, stack: ExitStack) -> Stager | None:
+    """How the volumes of a vSAN datastore are read: copies on its staging datastore (None: not configured)."""
+    if not ds.vsan or ds.staging is None:
+        return None
+    from toolkit.ops.vsan import BrokenStager, StagingArea, VsanStager
+
+    staging = next(d for d in site.datastores if d.name == ds.staging)  # the configuration checked it is there
+    try:
+        client = vcenter_client(site, stack)
+        area = StagingArea(client, staging.name, open_transport(site, staging, stack))
+    except Error as exc:
+        return BrokenStager(staging.name, exc)  # each vSAN volume fails with this reason; the run goes on
+    stack.callback(area.close)
+    return VsanStager(client, ds.name, area, host_hashing=staging.host_hashing)
+
+
+def vsan_destination(
+    site: SiteConfig, ds: DatastoreConfig, namespace: Transport, stack: ExitStack
+) -> VsanDestination | None:
+    """For a restore onto a vSAN datastore: the way through its staging datastore; None for other datastores."""
+    if not ds.vsan:
+        return None
+    from toolkit.ops.vsan import StagingArea, VsanDestination, VsanNoStaging
+
+    if ds.staging is None:
+        raise VsanNoStaging(datastore=ds.name)
+    staging = next(d for d in site.datastores if d.name == ds.staging)
+    client = vcenter_client(site, stack)
+    area = StagingArea(client, staging.name, open_transport(site, staging, stack))
+    stack.callback(area.close)
+    return VsanDestination(client, ds.name, namespace, area)
+
+
+def writable_switch(site: SiteConfig, stack: ExitStack, warn: Callable[[str], None]) -> WritableSwitch | None:
+    """The manager client that disables writables while they are read (writables = "disable")."""
+    if site.writables != "disable" or site.manager is None:
+        return None
+    try:
+        client = manager_client(site.manager)
+    except Error as exc:
+        warn(f"site {site.name}: App Volumes Manager unavailable ({exc}); writables cannot be disabled")
+        return None
+
+    def logout() -> None:
+        try:
+            client.logout()
+        except Error as exc:
+            log.info("logging out of the manager failed: %s", exc)
+
+    stack.callback(logout)
+    return client
+
+
 def managed_by_datastore(site: SiteConfig, warn: Callable[[str], None]) -> dict[str, dict[str, AvmVolume]] | None:
     """The manager's inventory of a site grouped by datastore; None when unknown (no manager, or it failed)."""
     if site.manager is None:
@@ -111,6 +167,7 @@ def configured_sources(config: Config, names: list[str], stack: ExitStack, warn:
     sources = []
     for site, stores in wanted:
         managed = managed_by_datastore(site, warn)
+        switch = writable_switch(site, stack, warn) if managed is not None else None
         for ds in stores:
             try:
                 transport = open_transport(site, ds, stack)
@@ -127,8 +184,10 @@ def configured_sources(config: Config, names: list[str], stack: ExitStack, warn:
                     site=site.name,
                     include=site.include,
                     exclude=site.exclude,
-                    writables="copy" if site.writables == "copy" else "skip",
+                    writables=site.writables,
                     host_hashing=ds.host_hashing,
+                    stager=open_stager(site, ds, stack),
+                    manager=switch,
                     **extra,
                 )
             )

@@ -137,6 +137,13 @@ class DatastoreFileExists(Error):
     exit_code = 1
 
 
+class DatastoreNoSpace(Error):
+    template = "datastore {datastore} has no space to {action}"
+    hint = "free space on the datastore, or name one with more room (a staging copy needs the disk's full size)"
+    code = "vsphere_datastore_no_space"
+    exit_code = 1
+
+
 class VsphereTaskFailed(Error):
     template = "vCenter could not {action}: {detail}"
     hint = "see the task in the vSphere Client (Monitor > Tasks) for the full error"
@@ -224,6 +231,8 @@ class VsphereClient(Protocol):
     ) -> list[DatastoreFile]: ...
 
     def copy_virtual_disk(self, source: str, dest: str) -> None: ...
+
+    def delete_virtual_disk(self, path: str, *, missing_ok: bool = False) -> None: ...
 
     def move_file(self, source: str, dest: str, *, overwrite: bool = False) -> None: ...
 
@@ -429,6 +438,8 @@ class PyvmomiClient:
             return VsphereNotAuthenticated(url=self._target.url, action=action)
         if isinstance(fault, vim.fault.NoPermission):
             return VsphereNoPermission(action=action, user=self._config.user, detail=detail)
+        if isinstance(fault, vim.fault.NoDiskSpace):
+            return DatastoreNoSpace(datastore=getattr(fault, "datastore", "") or "?", action=action)
         if isinstance(fault, vim.fault.FileNotFound):
             return DatastoreFileNotFound(path=getattr(fault, "file", "") or "?", action=action)
         if isinstance(fault, vim.fault.FileAlreadyExists):
@@ -579,6 +590,18 @@ class PyvmomiClient:
                 sourceName=source, sourceDatacenter=self._dc, destName=dest, destDatacenter=self._dc
             )
         self._wait(task, action)
+
+    def delete_virtual_disk(self, path: str, *, missing_ok: bool = False) -> None:
+        """Delete a virtual disk: its descriptor and every extent it names (files, or vSAN objects)."""
+        parse_datastore_path(path)
+        action = f"delete virtual disk {path}"
+        with self._faults(action):
+            task = self._content.virtualDiskManager.DeleteVirtualDisk_Task(name=path, datacenter=self._dc)
+        try:
+            self._wait(task, action)
+        except DatastoreFileNotFound:
+            if not missing_ok:
+                raise
 
     def move_file(self, source: str, dest: str, *, overwrite: bool = False) -> None:
         """Rename a file within the datacenter; ``overwrite`` replaces an existing ``dest``."""

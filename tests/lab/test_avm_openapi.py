@@ -27,6 +27,7 @@ from openapi_core.templating.responses.exceptions import ResponseNotFound
 from openapi_core.testing import MockRequest, MockResponse
 from openapi_core.validation.response.exceptions import DataValidationError
 
+from toolkit.avm import AvmClient
 from toolkit.lab.avm_sim import AvmSimulator
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
@@ -445,6 +446,62 @@ def test_4x_responses_follow_the_2512_document(
     call("DELETE", "/app_volumes/sessions", 200)
 
     assert_full_coverage(sim, contract4)
+
+
+# --- the toolkit's own client ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", ["2.x", "4.x"])
+def test_the_clients_assignment_round_trip_gets_documented_answers(
+    start_avm: Callable[..., AvmSimulator], flavour: str
+) -> None:
+    """Record a volume's assignments, lose the volume, import it again and re-create them, all with AvmClient.
+
+    Every answer to a documented operation is validated, whoever asked: the test's setup calls
+    and the client's own (listing, package assignments with include=entities, assignment creation).
+    """
+    sim = start_avm(flavour)
+    contract = Contract.load(flavour)
+    client = AvmClient(sim.url, "admin", PASSWORD)
+
+    def check(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+        if contract.template_for(str(response.request.method), urlsplit(str(response.request.url)).path):
+            contract.check(response)
+
+    client.session.hooks["response"].append(check)
+    client.login()  # the setup below posts with the client's session
+    kind = "appstack" if flavour == "2.x" else "package"
+    volume = sim.admin_create_volume(kind, "Editor 1", **({"product": "Editor"} if flavour == "4.x" else {}))
+    group = {"entity_type": "Group", "path": "CN=Designers,OU=Groups,DC=lab,DC=example"}
+    user = {"entity_type": "User", "path": "CN=jdoe,OU=Users,DC=lab,DC=example"}
+    if flavour == "2.x":
+        for entity, prefix in ((group, ""), (user, "VDI")):
+            body = {"action_type": "assign", "id": volume.id, "assignments": [entity], "mount_prefix": prefix}
+            client.session.post(f"{sim.url}/cv_api/assignments", json=body, timeout=10)
+    else:
+        by_marker = {"app_product_id": volume.product_id, "entities": [group], "app_package_id": None}
+        by_package = {"app_product_id": volume.product_id, "entities": [user], "app_package_id": volume.id}
+        items = [{**by_marker, "app_marker_id": 1}, {**by_package, "app_marker_id": None}]
+        client.session.post(f"{sim.url}/app_volumes/app_assignments", json={"data": items}, timeout=10)
+    [recorded] = [v.to_json() for v in client.inventory() if v.id == volume.id]
+    assert len(recorded["assignments"]) == 2
+
+    sim.admin_delete_volume(volume.id, keep_files=True)  # the manager forgot it; its files are still there
+    client.import_folder("ds1", volume.file_locations[0].split("] ", 1)[1].rsplit("/", 1)[0])
+    client.wait_jobs(10)
+    [back] = [v for v in client.inventory() if v.name == "Editor 1"]
+    outcomes = client.restore_assignments(back, recorded)
+    assert [o.status for o in outcomes] == ["created", "created"], outcomes
+    again = client.restore_assignments(back, recorded)
+    assert [o.status for o in again] == ["present", "present"], again
+    client.logout()
+    created = ("POST", "/cv_api/assignments" if flavour == "2.x" else "/app_volumes/app_assignments")
+    assert created in contract.covered_operations()
+    if flavour == "4.x":
+        assert ("GET", "/app_volumes/app_packages/{id}/assignments") in contract.covered_operations()
+        assert ("GET", "/app_volumes/app_products/{id}/assignments") in contract.covered_operations()
+    else:
+        assert ("GET", "/cv_api/appstacks/{id}/assignments") in contract.covered_operations()
 
 
 # --- the validator can fail -----------------------------------------------------------------------

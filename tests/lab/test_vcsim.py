@@ -177,9 +177,35 @@ def test_make_directory_and_copy_virtual_disk_to_vsan(vcsim_server: VcsimServer,
         destDatacenter=dc,
     )
     _wait(service_instance, task)
+    # As on vSAN: the namespace folder holds only the descriptor; the data is an object it names.
     staged = vcsim_server.datastores["vsanDatastore"] / "staging"
-    assert (staged / "Copy!20!Me-flat.vmdk").read_bytes() == vol.flat.read_bytes()
-    assert (staged / "Copy!20!Me.vmdk").is_file()
+    assert sorted(p.name for p in staged.iterdir()) == ["Copy!20!Me.vmdk"]
+    extent = next(line for line in (staged / "Copy!20!Me.vmdk").read_text().splitlines() if line.startswith("RW "))
+    sectors, kind, target = extent.split(" ", 3)[1:]
+    assert (int(sectors) * 512, kind) == (vol.flat.stat().st_size, "VMFS")
+    assert target.startswith('"vsan://')
+    [obj] = vcsim_server.vsan_objects["vsanDatastore"].iterdir()
+    assert target == f'"vsan://{obj.name}"'
+    assert obj.read_bytes() == vol.flat.read_bytes()
+
+    # Copied back out, it is a descriptor and a flat file again; deleting the vSAN disk removes its object.
+    back = content.virtualDiskManager.CopyVirtualDisk_Task(
+        sourceName="[vsanDatastore] staging/Copy!20!Me.vmdk",
+        sourceDatacenter=dc,
+        destName="[ds1] Back.vmdk",
+        destDatacenter=dc,
+    )
+    _wait(service_instance, back)
+    assert (root / "Back-flat.vmdk").read_bytes() == vol.flat.read_bytes()
+    assert 'VMFS "Back-flat.vmdk"' in (root / "Back.vmdk").read_text()
+    _wait(
+        service_instance,
+        content.virtualDiskManager.DeleteVirtualDisk_Task(
+            name="[vsanDatastore] staging/Copy!20!Me.vmdk", datacenter=dc
+        ),
+    )
+    assert list(staged.iterdir()) == []
+    assert list(vcsim_server.vsan_objects["vsanDatastore"].iterdir()) == []
 
 
 def test_stop_closes_the_port(vcsim_binary: Path, tmp_path: Path) -> None:

@@ -270,6 +270,17 @@ class TransportSuite:
         assert sorted(p.name for p in apps.iterdir()) == [".Other.vmdk.12345678" + PARTIAL_SUFFIX, "App.vmdk"]
         ds.transport.clean_partials("no-such-dir/App.vmdk")  # nothing to do is fine
 
+    def test_remove_dir_removes_only_an_empty_folder(self, ds: Datastore) -> None:
+        put(ds.path, "drill/full/App.vmdk", b"keep")
+        (ds.path / "drill" / "empty").mkdir()
+
+        assert ds.transport.remove_dir("drill/empty") is True
+        assert ds.transport.remove_dir("drill/full") is False
+        assert ds.transport.remove_dir("drill/never-made") is True
+
+        assert sorted(p.name for p in (ds.path / "drill").iterdir()) == ["full"]
+        assert (ds.path / "drill/full/App.vmdk").read_bytes() == b"keep"
+
     # --- paths --------------------------------------------------------------------------------------
 
     @pytest.mark.parametrize("bad", UNSAFE_PATHS)
@@ -280,6 +291,7 @@ class TransportSuite:
             lambda: t.stat(bad),
             lambda: t.read_small(bad, 10),
             lambda: t.clean_partials(bad),
+            lambda: t.remove_dir(bad),
         ]
         for call in calls:
             with pytest.raises(UnsafePath):

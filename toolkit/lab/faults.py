@@ -128,6 +128,9 @@ class Scripted:
     def remove(self, path: str) -> None:
         self.inner.remove(path)
 
+    def remove_dir(self, path: str) -> bool:
+        return self.inner.remove_dir(path)
+
     def __getattr__(self, name: str) -> Any:
         # Optional capabilities (``file_digest``) exist on the wrapper exactly when ``inner`` has them.
         if name.startswith("_") or name in ("inner", "script", "only", "calls"):

@@ -43,6 +43,7 @@ from typing import Final, Literal, Self
 import paramiko
 
 from catalog.errors import Error
+from toolkit.lab.process import log_tail, terminate
 
 SSHD_PATH: Final = Path("/usr/sbin/sshd")  # Debian's openssh-server puts it here, off a user's PATH
 PRIVSEP_DIR: Final = Path("/run/sshd")  # sshd refuses to start without its privilege-separation directory
@@ -264,18 +265,12 @@ class SshdServer:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 self._process = None
-                return f"sshd exited early; see {self.log_path}: {self._log_tail()}"
+                return f"sshd exited early; see {self.log_path}: {log_tail(self.log_path)}"
             if _has_banner(self.host, self.port):
                 return None
             time.sleep(0.05)
         self.stop()
         return f"sshd did not answer on {self.host}:{self.port} within {self._startup_timeout_s} s"
-
-    def _log_tail(self) -> str:
-        try:
-            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-5:])
-        except OSError:
-            return ""
 
     def stop(self) -> None:
         """Stop sshd and the per-connection processes it forked; safe to call twice."""
@@ -285,12 +280,7 @@ class SshdServer:
         for child in _children(process.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
+        terminate(process, STOP_TIMEOUT_S)
 
     @property
     def running(self) -> bool:

@@ -13,6 +13,20 @@ server speaks plain HTTP: pyvmomi connects with ``SmartConnect(host=, port=, use
 protocol="http")``. Datastore HTTP (``/folder/<path>?dcPath=DC0&dsName=<ds>``) reads and writes the
 backing directory; unlike the stock simulator it needs the ``vmware_soap_session`` cookie of a live
 session (or HTTP basic credentials), and a PUT that creates a file answers 201.
+
+Virtual disks behave as on a real vCenter, which the stock simulator does not model:
+
+- A datastore named in ``vsan`` keeps, like a vSAN namespace, only descriptors and plain files
+  (sidecars) in its directory. A disk's data is an object, kept outside it in
+  ``VcsimServer.vsan_objects[name] / <uuid>`` (the directory ``<dir>.vsan-objects``), and named by the
+  descriptor's extent line ``RW <sectors> VMFS "vsan://<uuid>"``: neither ``/folder`` nor the datastore
+  browser can read it. A plain upload into the namespace is just a file, not a usable disk.
+- ``CopyVirtualDisk_Task`` reads the source's extents (files or vSAN objects) and writes one extent at
+  the destination, a ``<name>-flat.vmdk`` beside the new descriptor or a new vSAN object; the new
+  descriptor names it. An existing destination is refused (``FileAlreadyExists``).
+- ``DeleteVirtualDisk_Task`` deletes the descriptor and the extents it names.
+- ``capacity`` gives a datastore a fixed size: its free space is that less the bytes its files take,
+  and a disk copy that does not fit fails with ``NoDiskSpace``.
 """
 
 from __future__ import annotations
@@ -113,8 +127,10 @@ class VcsimServer:
     """A running vcsim; use it as a context manager.
 
     ``datastores`` maps datastore names to backing directories (created if missing); names listed in
-    ``vsan`` report ``summary.type == "vsan"``, the others ``"VMFS"``. After :meth:`start`: ``url``
-    (``http://127.0.0.1:PORT/sdk``), ``host``, ``port``, ``user``, ``password``, ``datacenter``.
+    ``vsan`` report ``summary.type == "vsan"`` and keep disk data as objects, the others ``"VMFS"``.
+    ``capacity`` maps datastore names to a fixed size in bytes. After :meth:`start`: ``url``
+    (``http://127.0.0.1:PORT/sdk``), ``host``, ``port``, ``user``, ``password``, ``datacenter``, and
+    ``vsan_objects`` (vSAN datastore name → the directory of its objects).
     """
 
     def __init__(
@@ -122,6 +138,7 @@ class VcsimServer:
         datastores: Mapping[str, Path],
         *,
         vsan: Iterable[str] = (),
+        capacity: Mapping[str, int] | None = None,
         binary: Path | None = None,
         cache_dir: Path | None = None,
         user: str = DEFAULT_USER,
@@ -131,6 +148,8 @@ class VcsimServer:
     ) -> None:
         self.datastores = {name: Path(folder) for name, folder in datastores.items()}
         self.vsan = tuple(vsan)
+        self.capacity = dict(capacity or {})
+        self.vsan_objects: dict[str, Path] = {}
         self.user = user
         self.password = password
         self.host = host
@@ -153,6 +172,8 @@ class VcsimServer:
             command += ["-datastore", f"{name}={folder.resolve()}"]
         for name in self.vsan:
             command += ["-vsan", name]
+        for name, size in self.capacity.items():
+            command += ["-capacity", f"{name}={int(size)}"]
         return command
 
     def start(self) -> None:
@@ -172,6 +193,7 @@ class VcsimServer:
             raise
         self.url, self.host, self.port = ready["url"], ready["host"], int(ready["port"])
         self.datacenter = ready["datacenter"]
+        self.vsan_objects = {name: Path(folder) for name, folder in (ready.get("vsan_objects") or {}).items()}
 
     def _wait_ready(self, process: subprocess.Popen[bytes]) -> dict[str, Any]:
         if process.stdin is None or process.stdout is None:

@@ -6,7 +6,7 @@ import posixpath
 from typing import Any, Protocol
 
 from catalog.errors import Error
-from toolkit.avm import AvmVolume
+from toolkit.avm import AssignmentOutcome, AvmVolume
 
 
 class Manager(Protocol):
@@ -15,6 +15,8 @@ class Manager(Protocol):
     def wait_jobs(self, timeout_s: float = 300.0) -> None: ...
 
     def inventory(self) -> list[AvmVolume]: ...
+
+    def restore_assignments(self, volume: AvmVolume, recorded: dict[str, Any]) -> list[AssignmentOutcome]: ...
 
 
 def in_use(inventory: list[AvmVolume], datastore: str) -> dict[str, str]:
@@ -30,11 +32,22 @@ def in_use(inventory: list[AvmVolume], datastore: str) -> dict[str, str]:
     return out
 
 
-def register(manager: Manager, datastore: str, volumes: list[dict[str, Any]], *, timeout_s: float = 300.0) -> None:
+def register(
+    manager: Manager,
+    datastore: str,
+    volumes: list[dict[str, Any]],
+    *,
+    timeout_s: float = 300.0,
+    restore_assignments: bool = False,
+) -> None:
     """Import the folders of the restored volumes, wait for the jobs, then check each volume.
 
     Each entry of ``volumes`` (a restore report's) gets ``registered`` (bool) and,
-    when the manager did not take it back as expected, ``register_error``.
+    when the manager did not take it back as expected, ``register_error``. A volume
+    restored under a new name is expected with the GUID its sidecars were given.
+    With ``restore_assignments``, the assignments recorded at capture are created
+    again on each registered volume (``entry["assignments"]``: one outcome each);
+    any that could not be leaves the status "registered, assignments incomplete".
     """
     done = [v for v in volumes if v.get("status") in ("restored", "in place")]
     for folder in sorted({posixpath.dirname(v["path"]) for v in done}):
@@ -44,12 +57,13 @@ def register(manager: Manager, datastore: str, volumes: list[dict[str, Any]], *,
     listed = {v.relpath: v for v in manager.inventory() if v.datastore == datastore}
     for entry in done:
         found = listed.get(entry["path"])
-        expected = (entry.get("avm") or {}).get("guid")
+        expected = entry.get("guid") if "renamed_from" in entry else (entry.get("avm") or {}).get("guid")
         problem = None
         if found is None:
             problem = "the manager does not list it after the import"
-        elif expected and found.guid and found.guid.lower() != str(expected).lower():
-            problem = f"the manager lists it with GUID {found.guid}, {expected} was recorded"
+        elif expected and found.guid and found.guid.strip("{}").lower() != str(expected).strip("{}").lower():
+            origin = "was written into its sidecars" if "renamed_from" in entry else "was recorded"
+            problem = f"the manager lists it with GUID {found.guid}, {expected} {origin}"
         elif found.status.lower() not in ("enabled", "disabled"):
             problem = f"the manager lists it with status {found.status!r}"
             if found.status.lower() == "legacy":
@@ -61,6 +75,25 @@ def register(manager: Manager, datastore: str, volumes: list[dict[str, Any]], *,
         else:
             entry["status"] = "registered"
             entry["manager_id"] = found.id if found else None
+            if restore_assignments and found is not None and entry.get("avm"):
+                reassign(manager, found, entry)
+
+
+def reassign(manager: Manager, found: AvmVolume, entry: dict[str, Any]) -> None:
+    """Create the recorded assignments on a registered volume; the entry says what came of each."""
+    try:
+        outcomes = manager.restore_assignments(found, entry["avm"])
+    except Error as exc:
+        entry["assignments"] = []
+        entry["status"] = "registered, assignments incomplete"
+        entry["assignments_error"] = str(exc)
+        return
+    entry["assignments"] = [o.to_json() for o in outcomes]
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        entry["status"] = "registered, assignments incomplete"
+        entry["assignments_error"] = f"{failed[0].who}: {failed[0].detail}{more}"
 
 
 class NoManager(Error):

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import functools
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from catalog.errors import Error, StoreFull
 from catalog.index import VersionRow
 from catalog.ingest import Ingester, IngestStats
 from catalog.repo import Repository, now_iso
-from catalog.store import Compressor, PackWriter
+from catalog.store import Compressor
 from toolkit.layout import FoundVolume, find_volumes
 from toolkit.transports.base import Transport
 from toolkit.transports.local import in_hole
@@ -30,6 +32,30 @@ Event = Callable[[str, dict[str, Any]], None]
 PROVISIONING_STATUSES = frozenset({"provisioning", "creating", "unprovisioned", "reserved", "canceled"})
 
 
+class Stager(Protocol):
+    """Reads volumes whose extents are vSAN objects through a copy on a staging datastore (toolkit/ops/vsan.py)."""
+
+    via: str  # recorded with each volume read this way, e.g. "staging:ds1"
+    warnings: list[str]  # staged copies it could not delete; the snapshot takes them over
+
+    def capture(
+        self,
+        vol: FoundVolume,
+        source: Source,
+        read: Callable[[FoundVolume, Source], list[dict[str, Any]]],
+        prev_files: Mapping[str, dict[str, Any]],
+        emit: Event,
+    ) -> list[dict[str, Any]]: ...
+
+
+class WritableSwitch(Protocol):
+    """What policy writables = "disable" asks of the manager (toolkit.avm.AvmClient)."""
+
+    def set_writable_enabled(self, volume_id: int, enabled: bool) -> None: ...
+
+    def writable(self, volume_id: int) -> AvmVolume: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     datastore: str  # the name volumes are recorded under
@@ -40,8 +66,11 @@ class Source:
     managed: Mapping[str, AvmVolume] | None = None
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
-    writables: str = "skip"  # skip | copy
+    writables: str = "skip"  # skip | copy | disable
     host_hashing: bool = True  # let an SSH host hash extents so only missing blocks travel
+    # Volumes whose extents are vSAN objects are read through a staged copy; None: they are skipped.
+    stager: Stager | None = None
+    manager: WritableSwitch | None = None  # disables a writable while it is read (writables = "disable")
 
     def wants(self, vol: FoundVolume) -> bool:
         names = (vol.name, vol.path, vol.key, vol.path.rsplit("/", 1)[-1])
@@ -55,9 +84,54 @@ def skip_reason(vol: FoundVolume, record: AvmVolume | None, policy: str) -> str 
         return None
     if record.status.lower() in PROVISIONING_STATUSES:
         return f"the manager reports it {record.status}; retried at the next snapshot"
-    if record.kind == "writable" and record.attached and policy == "skip":
-        return "writable volume attached to a desktop (policy writables = skip)"
+    if record.kind == "writable" and record.attached and policy in ("skip", "disable"):
+        return f"writable volume attached to a desktop (policy writables = {policy})"
     return None
+
+
+class WritableInUse(Error):
+    template = "writable volume {name} was attached to a desktop as it was being disabled; retried at the next snapshot"
+    hint = "it is enabled again; it is captured once it is detached when a snapshot runs"
+    code = "writable_in_use"
+    exit_code = 1
+
+
+class WritableNotDisabled(Error):
+    template = "writable volume {name} was not read: the manager cannot be asked to disable it"
+    hint = 'check the site\'s [manager] settings; writables = "disable" never copies a writable it did not disable'
+    code = "writable_not_disabled"
+    exit_code = 1
+
+
+@contextlib.contextmanager
+def writable_disabled(
+    record: AvmVolume | None, source: Source, entry: dict[str, Any], warnings: list[str]
+) -> Iterator[None]:
+    """With writables = "disable": the writable is disabled in the manager while it is read, then enabled again.
+
+    It is enabled again whatever happens to the read (failure, interrupt); a writable the
+    manager already had disabled is left as it was.
+    """
+    manager = source.manager
+    if record is None or record.kind != "writable" or source.writables != "disable" or record.status == "disabled":
+        yield
+        return
+    if manager is None:
+        raise WritableNotDisabled(name=record.name)
+    manager.set_writable_enabled(record.id, False)
+    try:
+        if manager.writable(record.id).attached:  # a desktop took it between the listing and the disable
+            raise WritableInUse(name=record.name)
+        entry["consistency"] = "disabled in the manager while copied"
+        yield
+    finally:
+        try:
+            manager.set_writable_enabled(record.id, True)
+        except Error as exc:
+            warnings.append(
+                f"writable volume {record.name} (id {record.id}) is still disabled in the manager: {exc}; "
+                "enable it there"
+            )
 
 
 @dataclass(slots=True)
@@ -128,7 +202,13 @@ def _capture(
     for vf in vol.files:
         info = vf.info
         prev = prev_files.get(info.path)
-        if prev and not rehash and prev["size"] == info.size and prev["mtime_ns"] == info.mtime_ns:
+        if (
+            prev
+            and not rehash
+            and prev["size"] == info.size
+            and prev["mtime_ns"] == info.mtime_ns
+            and not ingester.needs_reading(bytes.fromhex(prev["manifest"]))
+        ):
             files.append(_file_entry(info.path, vf.role, info.size, info.mtime_ns, prev["manifest"], prev["digest"]))
             continue
         open_hashed = getattr(source.transport, "open_hashed", None)
@@ -179,11 +259,8 @@ def snapshot(
     emit = event or (lambda _kind, _data: None)
     index = repo.index
     packs_before = index.stored_totals()[0]
-    writer = PackWriter(
-        repo.root,
-        lambda pid, size, entries: index.add_pack(pid, size, entries, now_iso()),
-        repo.config.pack_target_bytes,
-    )
+    # A repository in an object store uploads each sealed pack before it is indexed.
+    writer = repo.pack_writer(lambda pid, size, entries: index.add_pack(pid, size, entries, now_iso()))
     ingester = Ingester(index, writer, repo.config.chunk_size, Compressor(repo.config.zstd_level), workers=workers)
     try:
         for source in sources:
@@ -205,7 +282,8 @@ def snapshot(
                 )
                 emit("message", {"text": report.warnings[-1]})
                 continue
-            emit("datastore", {"datastore": source.datastore, "volumes": len(found)})
+            sizes = {v.key: sum(f.info.size for f in v.files) for v in found}
+            emit("datastore", {"datastore": source.datastore, "volumes": len(found), "sizes": sizes})
             seen = set()
             unmatched = dict(source.managed or {})
             for vol in found:
@@ -225,6 +303,11 @@ def snapshot(
                     emit("volume", entry)
                     continue
                 why = skip_reason(vol, record, source.writables)
+                if why is None and vol.objects and source.stager is None:
+                    why = (
+                        f"its data is a vSAN object ({vol.objects[0]}), read only through a staged copy: "
+                        f"set vsan = true and staging = DATASTORE for datastore {source.datastore}"
+                    )
                 if why is not None:
                     entry.update(state="skipped", reason=why)
                     report.volumes.append(entry)
@@ -241,21 +324,26 @@ def snapshot(
                             for f in index.files(good.version_id)
                         }
                 emit("volume_start", {"key": vol.key, "size": sum(f.info.size for f in vol.files)})
+                read = functools.partial(
+                    _capture,
+                    previous=previous,
+                    prev_files=prev_files,
+                    ingester=ingester,
+                    stats=report.stats,
+                    rehash=rehash,
+                    on_bytes=lambda n: emit("bytes", {"n": n}),
+                )
                 try:
-                    files = _capture(
-                        vol,
-                        source,
-                        previous,
-                        prev_files,
-                        ingester,
-                        report.stats,
-                        rehash,
-                        lambda n: emit("bytes", {"n": n}),
-                    )
+                    with writable_disabled(record, source, entry, report.warnings):
+                        if vol.objects and source.stager is not None:  # vSAN: toolkit/ops/vsan.py
+                            entry["captured_via"] = source.stager.via
+                            files = source.stager.capture(vol, source, read, prev_files, emit)
+                        else:
+                            files = read(vol, source)
                 except StoreFull:
                     raise
                 except Error as exc:
-                    entry.update(state="failed", reason=str(exc))
+                    entry.update(state="skipped" if isinstance(exc, WritableInUse) else "failed", reason=str(exc))
                     report.volumes.append(entry)
                     emit("volume", entry)
                     continue
@@ -264,7 +352,16 @@ def snapshot(
                     report.volumes.append(entry)
                     emit("volume", entry)
                     continue
+                finally:
+                    if source.stager is not None and source.stager.warnings:
+                        report.warnings += source.stager.warnings
+                        source.stager.warnings.clear()
                 entry["files"] = files
+                st = report.stats
+                emit(
+                    "stats",
+                    {"read_bytes": st.read_bytes, "new_bytes": st.new_raw_bytes, "stored_bytes": st.new_stored_bytes},
+                )
                 if not prev_files:
                     entry["state"] = "new"
                 elif {(f["path"], f["manifest"]) for f in files} == {(p, f["manifest"]) for p, f in prev_files.items()}:

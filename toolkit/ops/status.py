@@ -401,7 +401,7 @@ def status(repo: Repository, config: Config | None, now: datetime, max_age_hours
 
     newest_snapshot = snapshots[-1] if snapshots else None
     return StatusReport(
-        repository=str(repo.root),
+        repository=repo.location,
         checked_at=now.astimezone(UTC).isoformat(timespec="seconds"),
         max_age_hours=max_age_hours,
         snapshot_count=len(snapshots),

@@ -61,3 +61,7 @@ class Transport(Protocol):
     def remove(self, path: str) -> None:
         """Delete a file (restore removes one whose landed content does not match); missing is fine."""
         ...
+
+    def remove_dir(self, path: str) -> bool:
+        """Delete a folder only if it is empty; True when it is gone (missing is fine), False when it holds files."""
+        ...

@@ -157,7 +157,7 @@ class DatastoreWriteOrder(Error):
 
 class DatastoreVsanWrite(Error):
     template = "refusing to write {where}: {datastore} is a vSAN datastore, whose extents datastore HTTP cannot write"
-    hint = "restore to a VMFS or NFS datastore, then copy the disk into vSAN with CopyVirtualDisk"
+    hint = "mark the datastore vsan = true and give it a staging datastore in the configuration (docs/configuration.md)"
     code = "datastore_vsan_write"
 
 
@@ -565,6 +565,16 @@ class DatastoreHttpTransport:
 
     def remove(self, path: str) -> None:
         self.client.delete_file(self._where(safe_relpath(path).as_posix()), missing_ok=True)
+
+    def remove_dir(self, path: str) -> bool:
+        folder = safe_relpath(path).as_posix()
+        try:  # vSphere deletes a folder with whatever it holds: look first
+            if self.client.browse(self.datastore, folder, "*", recursive=True):
+                return False
+        except DatastoreFileNotFound:
+            return True
+        self.client.delete_file(self._where(folder), missing_ok=True)
+        return True
 
     def clean_partials(self, path: str) -> None:
         """Delete uploads of ``path`` that an interrupted restore left beside it."""

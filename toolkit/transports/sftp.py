@@ -1109,6 +1109,16 @@ class SftpTransport:
     def remove(self, path: str) -> None:
         self._remove(self._remote(path))
 
+    def remove_dir(self, path: str) -> bool:
+        remote = self._remote(path)
+        try:
+            if self._sftp(remote, lambda sftp: sftp.listdir(remote)):
+                return False
+            self._sftp(remote, lambda sftp: sftp.rmdir(remote))
+        except FileNotFoundError:
+            pass
+        return True
+
     def file_digest(self, path: str, chunk_size: int) -> str:
         """The file digest computed on the host (nothing is read back over the network)."""
         return self.remote_file_digest(path, chunk_size)

@@ -15,6 +15,18 @@
 //     credentials that would log in; anything else gets 401.
 //   - a PUT that creates a file answers 201 Created, one that replaces a file 200 OK.
 //   - datastores report summary.type "VMFS", or "vsan" when named by -vsan.
+//   - a vSAN datastore keeps only descriptors and plain files (sidecars) in its directory, as a real
+//     vSAN namespace does: a disk's data is an object, kept in "<dir>.vsan-objects/<uuid>" and named by
+//     the descriptor's extent line `RW <sectors> VMFS "vsan://<uuid>"`. Neither /folder nor the
+//     datastore browser can reach it; only VirtualDiskManager can.
+//   - VirtualDiskManager.CopyVirtualDisk_Task reads the source descriptor and its extents (files, or
+//     vSAN objects) and writes one extent at the destination: a "<name>-flat.vmdk" beside the new
+//     descriptor, or a new vSAN object. The new descriptor names the new extent (the stock simulator
+//     copies the descriptor unchanged, so a renamed copy pointed at the source's flat file). A
+//     destination that exists is refused (FileAlreadyExists), as vCenter ignores "force".
+//   - VirtualDiskManager.DeleteVirtualDisk_Task deletes the descriptor and the extents it names.
+//   - -capacity name=bytes makes a datastore that size: free space is the capacity less the bytes its
+//     files (and objects) take, and a disk copy that does not fit fails with NoDiskSpace.
 package main
 
 import (
@@ -34,15 +46,20 @@ import (
 	"os/signal"
 	"path"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
+	"github.com/google/uuid"
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/soap"
+	"github.com/vmware/govmomi/vim25/types"
 )
 
 const folderPrefix = "/folder/"
@@ -91,6 +108,24 @@ func (n *nameList) Set(value string) error {
 	return nil
 }
 
+// sizeList collects repeated -capacity name=bytes flags.
+type sizeList map[string]int64
+
+func (s *sizeList) String() string { return fmt.Sprint(map[string]int64(*s)) }
+
+func (s *sizeList) Set(value string) error {
+	name, text, ok := strings.Cut(value, "=")
+	size, err := strconv.ParseInt(text, 10, 64)
+	if !ok || name == "" || err != nil || size <= 0 {
+		return fmt.Errorf("want name=bytes, got %q", value)
+	}
+	if *s == nil {
+		*s = sizeList{}
+	}
+	(*s)[name] = size
+	return nil
+}
+
 type options struct {
 	listen        string
 	user          string
@@ -98,14 +133,16 @@ type options struct {
 	watchStdin    bool
 	datastores    datastoreList
 	vsan          nameList
+	capacity      sizeList
 }
 
 type readyLine struct {
-	URL        string            `json:"url"`
-	Host       string            `json:"host"`
-	Port       int               `json:"port"`
-	Datacenter string            `json:"datacenter"`
-	Datastores map[string]string `json:"datastores"`
+	URL         string            `json:"url"`
+	Host        string            `json:"host"`
+	Port        int               `json:"port"`
+	Datacenter  string            `json:"datacenter"`
+	Datastores  map[string]string `json:"datastores"`
+	VsanObjects map[string]string `json:"vsan_objects"`
 }
 
 func parseFlags() *options {
@@ -116,6 +153,7 @@ func parseFlags() *options {
 	flag.BoolVar(&o.watchStdin, "watch-stdin", false, "exit when stdin reaches end of file")
 	flag.Var(&o.datastores, "datastore", "name=/dir: a datastore backed by dir (repeatable)")
 	flag.Var(&o.vsan, "vsan", "name of a datastore that reports summary.type vsan (repeatable)")
+	flag.Var(&o.capacity, "capacity", "name=bytes: the size a datastore reports and enforces (repeatable)")
 	flag.Parse()
 	return o
 }
@@ -143,6 +181,18 @@ func run(o *options) error {
 			return fmt.Errorf("-vsan %q names no -datastore", name)
 		}
 	}
+	for name := range o.capacity {
+		if _, ok := o.datastores.dirs[name]; !ok {
+			return fmt.Errorf("-capacity %q names no -datastore", name)
+		}
+	}
+	disks := &diskLab{objects: map[string]string{}, capacity: o.capacity}
+	for _, name := range o.vsan {
+		disks.objects[name] = o.datastores.dirs[name] + ".vsan-objects"
+		if err := os.MkdirAll(disks.objects[name], 0o700); err != nil {
+			return fmt.Errorf("vSAN objects of %s: %w", name, err)
+		}
+	}
 
 	model := simulator.VPX()
 	model.Datastore = 0 // only the datastores asked for; the stock LocalDS_0 lives in a temp dir
@@ -161,9 +211,10 @@ func run(o *options) error {
 		return err
 	}
 	setDatastoreTypes(o.vsan)
+	disks.install(model.Service, server.URL)
 	guardFolder(model.Service, server.URL)
 
-	if err := announce(server.URL, &o.datastores); err != nil {
+	if err := announce(server.URL, &o.datastores, disks.objects); err != nil {
 		return err
 	}
 	waitForStop(stdin, o.watchStdin)
@@ -242,13 +293,22 @@ func setDatastoreTypes(vsan []string) {
 // ServeMux patterns win over the stock "/folder/" pattern, so this needs no change to the simulator.
 func guardFolder(svc *simulator.Service, u *url.URL) {
 	handler := folderHandler(svc, u.User)
+	for _, host := range serverHosts(u) {
+		svc.ServeMux.HandleFunc(host+folderPrefix, handler)
+	}
+}
+
+// serverHosts are the host names clients use for the server; ServeMux patterns are registered per host.
+func serverHosts(u *url.URL) []string {
 	seen := map[string]bool{}
+	var hosts []string
 	for _, host := range []string{u.Hostname(), "127.0.0.1", "localhost"} {
 		if !seen[host] {
 			seen[host] = true
-			svc.ServeMux.HandleFunc(host+folderPrefix, handler)
+			hosts = append(hosts, host)
 		}
 	}
+	return hosts
 }
 
 func folderHandler(svc *simulator.Service, login *url.Userinfo) http.HandlerFunc {
@@ -340,7 +400,7 @@ func basicAuthOK(r *http.Request, login *url.Userinfo) bool {
 	return user == login.Username() && password == want
 }
 
-func announce(u *url.URL, stores *datastoreList) error {
+func announce(u *url.URL, stores *datastoreList, objects map[string]string) error {
 	host, portText, err := net.SplitHostPort(u.Host)
 	if err != nil {
 		return err
@@ -356,7 +416,7 @@ func announce(u *url.URL, stores *datastoreList) error {
 		dirs[name] = stores.dirs[name]
 	}
 	line, err := json.Marshal(readyLine{
-		URL: plain.String(), Host: host, Port: port, Datacenter: "DC0", Datastores: dirs,
+		URL: plain.String(), Host: host, Port: port, Datacenter: "DC0", Datastores: dirs, VsanObjects: objects,
 	})
 	if err != nil {
 		return err
@@ -380,4 +440,395 @@ func waitForStop(stdin *bufio.Reader, watchStdin bool) {
 		}()
 	}
 	<-stop
+}
+
+// -- virtual disks: vSAN objects, extent-aware copies, capacity ------------------------------------
+
+const (
+	descriptorMaxBytes = 64 << 10 // a text descriptor is a few hundred bytes
+	sectorBytes        = 512
+	copyBlockBytes     = 1 << 20 // copies leave all-zero blocks of this size as holes
+	vsanScheme         = "vsan://"
+)
+
+var extentLine = regexp.MustCompile(`^\s*(RW|RDONLY|NOACCESS)\s+(\d+)\s+([A-Za-z]+)(?:\s+"([^"]+)"(?:\s+(\d+))?)?\s*$`)
+
+// diskLab holds what the stock simulator lacks for virtual disks: where vSAN objects live, and the
+// datastores with a fixed capacity.
+type diskLab struct {
+	mu       sync.Mutex        // one disk operation at a time, and usage refreshes in between
+	objects  map[string]string // vSAN datastore name -> directory of its objects
+	capacity sizeList          // datastore name -> capacity in bytes
+}
+
+// diskManager replaces the simulator's VirtualDiskManager (same managed object reference).
+type diskManager struct {
+	*simulator.VirtualDiskManager
+	lab *diskLab
+}
+
+func (l *diskLab) install(svc *simulator.Service, u *url.URL) {
+	stock, ok := simulator.Map.VirtualDiskManager().(*simulator.VirtualDiskManager)
+	if ok {
+		simulator.Map.Put(&diskManager{VirtualDiskManager: stock, lab: l})
+	}
+	if len(l.capacity) == 0 {
+		return
+	}
+	l.refreshUsage()
+	sdk := func(w http.ResponseWriter, r *http.Request) {
+		l.refreshUsage() // what a client reads as free space reflects every write so far
+		svc.ServeSDK(w, r)
+	}
+	for _, host := range serverHosts(u) {
+		svc.ServeMux.HandleFunc(host+"/sdk", sdk)
+	}
+}
+
+func (m *diskManager) CopyVirtualDiskTask(_ *simulator.Context, req *types.CopyVirtualDisk_Task) soap.HasFault {
+	task := simulator.CreateTask(m, "copyVirtualDisk", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
+		return nil, m.lab.copyDisk(req.SourceName, req.DestName)
+	})
+	return &methods.CopyVirtualDisk_TaskBody{Res: &types.CopyVirtualDisk_TaskResponse{Returnval: task.Run()}}
+}
+
+func (m *diskManager) DeleteVirtualDiskTask(_ *simulator.Context, req *types.DeleteVirtualDisk_Task) soap.HasFault {
+	task := simulator.CreateTask(m, "deleteVirtualDisk", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
+		return nil, m.lab.deleteDisk(req.Name)
+	})
+	return &methods.DeleteVirtualDisk_TaskBody{Res: &types.DeleteVirtualDisk_TaskResponse{Returnval: task.Run()}}
+}
+
+// dsFile is a datastore path resolved to the datastore's name and the file in its backing directory.
+type dsFile struct {
+	datastore string
+	root      string
+	abs       string
+}
+
+func resolveDatastorePath(name string) (dsFile, types.BaseMethodFault) {
+	var p object.DatastorePath
+	if !p.FromString(name) {
+		return dsFile{}, &types.InvalidDatastorePath{DatastorePath: name}
+	}
+	for _, entity := range simulator.Map.All("Datastore") {
+		ds, ok := entity.(*simulator.Datastore)
+		if !ok || ds.Name != p.Datastore {
+			continue
+		}
+		root := filepath.Clean(ds.Info.GetDatastoreInfo().Url)
+		abs := filepath.Join(root, filepath.FromSlash(p.Path))
+		if abs != root && !strings.HasPrefix(abs, root+string(filepath.Separator)) {
+			return dsFile{}, &types.InvalidDatastorePath{DatastorePath: name}
+		}
+		return dsFile{datastore: ds.Name, root: root, abs: abs}, nil
+	}
+	return dsFile{}, &types.InvalidDatastore{Name: p.Datastore}
+}
+
+func fileFault(fault types.BaseFileFault, file string) types.BaseMethodFault {
+	fault.GetFileFault().File = file
+	return fault.(types.BaseMethodFault)
+}
+
+// extent is one extent line of a text descriptor.
+type extent struct {
+	sectors int64
+	kind    string
+	file    string // "" for a ZERO extent
+	offset  int64  // in sectors, into file
+}
+
+type descriptor struct {
+	lines   []string
+	extents []extent
+	first   int // index in lines of the first extent line
+}
+
+func parseDescriptor(data []byte) (*descriptor, bool) {
+	if len(data) >= descriptorMaxBytes || strings.HasPrefix(string(data), "KDMV") {
+		return nil, false
+	}
+	d := &descriptor{first: -1}
+	for i, line := range strings.Split(strings.ReplaceAll(string(data), "\r\n", "\n"), "\n") {
+		d.lines = append(d.lines, line)
+		m := extentLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		sectors, _ := strconv.ParseInt(m[2], 10, 64)
+		offset, _ := strconv.ParseInt(m[5], 10, 64)
+		d.extents = append(d.extents, extent{sectors: sectors, kind: strings.ToUpper(m[3]), file: m[4], offset: offset})
+		if d.first < 0 {
+			d.first = i
+		}
+	}
+	return d, len(d.extents) > 0
+}
+
+func (d *descriptor) sectors() int64 {
+	var n int64
+	for _, e := range d.extents {
+		n += e.sectors
+	}
+	return n
+}
+
+// render is the descriptor with its extent lines replaced by one extent and, for vSAN, createType "vmfs".
+func (d *descriptor) render(kind, file string, vsan bool) []byte {
+	var out []string
+	for i, line := range d.lines {
+		if extentLine.MatchString(line) {
+			if i == d.first {
+				out = append(out, fmt.Sprintf("RW %d %s \"%s\"", d.sectors(), kind, file))
+			}
+			continue
+		}
+		if vsan && strings.HasPrefix(strings.TrimSpace(line), "createType") {
+			line = `createType="vmfs"`
+		}
+		out = append(out, line)
+	}
+	return []byte(strings.Join(out, "\n"))
+}
+
+// extentPath is where an extent's bytes are: a file beside the descriptor, or a vSAN object.
+func (l *diskLab) extentPath(disk dsFile, e extent) (string, types.BaseMethodFault) {
+	if strings.HasPrefix(e.file, vsanScheme) {
+		dir, ok := l.objects[disk.datastore]
+		id := strings.TrimPrefix(e.file, vsanScheme)
+		if !ok || id == "" || strings.ContainsAny(id, `/\`) {
+			return "", fileFault(new(types.FileNotFound), e.file)
+		}
+		return filepath.Join(dir, id), nil
+	}
+	return filepath.Join(filepath.Dir(disk.abs), filepath.FromSlash(e.file)), nil
+}
+
+func (l *diskLab) copyDisk(sourceName, destName string) types.BaseMethodFault {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	src, fault := resolveDatastorePath(sourceName)
+	if fault != nil {
+		return fault
+	}
+	dst, fault := resolveDatastorePath(destName)
+	if fault != nil {
+		return fault
+	}
+	data, err := os.ReadFile(src.abs)
+	if err != nil {
+		return fileFault(new(types.FileNotFound), sourceName)
+	}
+	if _, err := os.Stat(dst.abs); err == nil {
+		return fileFault(new(types.FileAlreadyExists), destName)
+	}
+	if info, err := os.Stat(filepath.Dir(dst.abs)); err != nil || !info.IsDir() {
+		return fileFault(new(types.FileNotFound), path.Dir(destName))
+	}
+	desc, ok := parseDescriptor(data)
+	if !ok {
+		return fileFault(new(types.CannotAccessFile), sourceName) // a hosted sparse disk: not modelled
+	}
+	size := desc.sectors() * sectorBytes
+	if free, limited := l.free(dst.datastore); limited && size+int64(len(data)) > free {
+		return &types.NoDiskSpace{FileFault: types.FileFault{File: destName}, Datastore: dst.datastore}
+	}
+	_, toVsan := l.objects[dst.datastore]
+	base := strings.TrimSuffix(filepath.Base(dst.abs), ".vmdk")
+	kind, ref, target := desc.extents[0].kind, base+"-flat.vmdk", filepath.Join(filepath.Dir(dst.abs), base+"-flat.vmdk")
+	if len(desc.extents) > 1 || strings.HasPrefix(desc.extents[0].file, vsanScheme) || kind == "ZERO" {
+		kind = "VMFS"
+	}
+	if toVsan {
+		id := uuid.New().String()
+		kind, ref, target = "VMFS", vsanScheme+id, filepath.Join(l.objects[dst.datastore], id)
+	} else if _, err := os.Stat(target); err == nil {
+		return fileFault(new(types.FileAlreadyExists), target)
+	}
+	if fault := l.copyExtents(src, desc, target); fault != nil {
+		return fault
+	}
+	if err := writeAtomic(dst.abs, desc.render(kind, ref, toVsan)); err != nil {
+		_ = os.Remove(target)
+		return fileFault(new(types.CannotCreateFile), destName)
+	}
+	return nil
+}
+
+// copyExtents writes the extents of desc, in order, as one sparse file at target.
+func (l *diskLab) copyExtents(src dsFile, desc *descriptor, target string) types.BaseMethodFault {
+	tmp := target + ".copying"
+	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fileFault(new(types.CannotCreateFile), target)
+	}
+	fail := func(fault types.BaseMethodFault) types.BaseMethodFault {
+		_ = out.Close()
+		_ = os.Remove(tmp)
+		return fault
+	}
+	var at int64
+	for _, e := range desc.extents {
+		length := e.sectors * sectorBytes
+		if e.file != "" && e.kind != "ZERO" {
+			from, fault := l.extentPath(src, e)
+			if fault != nil {
+				return fail(fault)
+			}
+			if err := copySparse(out, at, from, e.offset*sectorBytes, length); err != nil {
+				return fail(fileFault(new(types.FileNotFound), e.file))
+			}
+		}
+		at += length
+	}
+	if err := out.Truncate(at); err != nil {
+		return fail(fileFault(new(types.CannotCreateFile), target))
+	}
+	if err := out.Close(); err != nil {
+		_ = os.Remove(tmp)
+		return fileFault(new(types.CannotCreateFile), target)
+	}
+	if err := os.Rename(tmp, target); err != nil {
+		_ = os.Remove(tmp)
+		return fileFault(new(types.CannotCreateFile), target)
+	}
+	return nil
+}
+
+// copySparse copies length bytes of file from at offset into out at position at; zero blocks stay holes.
+func copySparse(out *os.File, at int64, file string, offset, length int64) error {
+	in, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	block := make([]byte, copyBlockBytes)
+	for done := int64(0); done < length; {
+		n := int64(len(block))
+		if length-done < n {
+			n = length - done
+		}
+		got, err := in.ReadAt(block[:n], offset+done)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		if got == 0 {
+			break // a short extent file reads as zeros
+		}
+		if !isZero(block[:got]) {
+			if _, err := out.WriteAt(block[:got], at+done); err != nil {
+				return err
+			}
+		}
+		done += int64(got)
+	}
+	return nil
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func writeAtomic(name string, data []byte) error {
+	tmp := name + ".writing"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, name)
+}
+
+func (l *diskLab) deleteDisk(name string) types.BaseMethodFault {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	disk, fault := resolveDatastorePath(name)
+	if fault != nil {
+		return fault
+	}
+	data, err := os.ReadFile(disk.abs)
+	if err != nil {
+		return fileFault(new(types.FileNotFound), name)
+	}
+	if desc, ok := parseDescriptor(data); ok {
+		for _, e := range desc.extents {
+			if e.file == "" {
+				continue
+			}
+			if file, fault := l.extentPath(disk, e); fault == nil {
+				if err := os.Remove(file); err != nil && !os.IsNotExist(err) {
+					return fileFault(new(types.CannotDeleteFile), e.file)
+				}
+			}
+		}
+	}
+	if err := os.Remove(disk.abs); err != nil {
+		return fileFault(new(types.CannotDeleteFile), name)
+	}
+	return nil
+}
+
+// free is the free space of a datastore with a fixed capacity (false: not limited).
+func (l *diskLab) free(name string) (int64, bool) {
+	capacity, limited := l.capacity[name]
+	if !limited {
+		return 0, false
+	}
+	used := l.usage(name)
+	if used > capacity {
+		return 0, true
+	}
+	return capacity - used, true
+}
+
+// usage is the apparent size of every file of a datastore, vSAN objects included.
+func (l *diskLab) usage(name string) int64 {
+	var used int64
+	var dirs []string
+	for _, entity := range simulator.Map.All("Datastore") {
+		if ds, ok := entity.(*simulator.Datastore); ok && ds.Name == name {
+			dirs = append(dirs, ds.Info.GetDatastoreInfo().Url)
+			break
+		}
+	}
+	if objects, ok := l.objects[name]; ok {
+		dirs = append(dirs, objects)
+	}
+	for _, dir := range dirs {
+		_ = filepath.Walk(dir, func(_ string, info os.FileInfo, err error) error {
+			if err == nil && info.Mode().IsRegular() {
+				used += info.Size()
+			}
+			return nil
+		})
+	}
+	return used
+}
+
+// refreshUsage sets the reported capacity and free space of the datastores with a fixed capacity.
+func (l *diskLab) refreshUsage() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, entity := range simulator.Map.All("Datastore") {
+		ds, ok := entity.(*simulator.Datastore)
+		if !ok {
+			continue
+		}
+		capacity, limited := l.capacity[ds.Name]
+		if !limited {
+			continue
+		}
+		free, _ := l.free(ds.Name)
+		simulator.Map.WithLock(ds, func() {
+			ds.Summary.Capacity = capacity
+			ds.Summary.FreeSpace = free
+			info := ds.Info.GetDatastoreInfo()
+			info.FreeSpace = free
+			info.MaxFileSize = free
+		})
+	}
 }

@@ -1,0 +1,535 @@
+"""vSAN end to end against vcsim: snapshots and restores through a staging datastore.
+
+The lab's ``vsanDatastore`` behaves like a vSAN namespace: a disk there is a descriptor naming a
+``vsan://`` object that neither datastore HTTP nor the browser can reach, so every byte of its data
+goes through ``CopyVirtualDisk_Task`` to and from the staging datastore ``ds1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from catalog.repo import Repository
+from toolkit.config import ConfigError, load_config
+from toolkit.lab.avm_sim import AvmSimulator
+from toolkit.lab.corpus import make_volume
+from toolkit.lab.faults import INJECTED, Scripted
+from toolkit.lab.vcsim import VcsimServer
+from toolkit.ops.restore import parse_as_of, plan_restore
+from toolkit.ops.snapshot import Source, snapshot
+from toolkit.ops.vsan import (
+    STAGING_FOLDER,
+    StagingArea,
+    VsanDestination,
+    VsanNoStaging,
+    VsanStager,
+    is_stale,
+    run_name,
+)
+from toolkit.transports.base import FileInfo, Transport
+from toolkit.transports.datastore_http import DatastoreHttpTransport
+from toolkit.transports.local import LocalTransport
+from toolkit.vsphere import DatastoreNoSpace, PyvmomiClient, VsphereConfig, connect
+
+from ..conftest import Toolkit
+
+pytestmark = pytest.mark.lab
+
+VSAN = "vsanDatastore"
+FOLDER = "cloudvolumes/apps"
+NAME = "Office!20!2016.vmdk"
+FLAT = "Office!20!2016-flat.vmdk"
+REL = f"{FOLDER}/{NAME}"
+AVM_PASSWORD = "lab-avm-pass"  # noqa: S105 - the lab manager's password in these tests
+VSAN_EXTENT = re.compile(r'^RW (\d+) VMFS "vsan://([0-9a-f-]+)"$', re.MULTILINE)
+
+
+@pytest.fixture
+def client(vcsim_server: VcsimServer) -> Iterator[PyvmomiClient]:
+    c = connect(VsphereConfig(vcsim_server.url, vcsim_server.user, vcsim_server.password, vcsim_server.datacenter))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def vc_password(vcsim_server: VcsimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VC_PW", vcsim_server.password)
+
+
+def put_on_vsan(server: VcsimServer, client: PyvmomiClient, relpath: str = REL, *, seed: int = 1) -> dict[str, bytes]:
+    """An AppStack on the vSAN datastore as App Volumes leaves it: a descriptor naming an object, and its sidecar.
+
+    It is made on ds2 and copied in by vCenter, as nothing else can create a vSAN object. Returns the
+    original flat extent's bytes (``"flat"``) and each sidecar's bytes by file name.
+    """
+    folder, name = relpath.rsplit("/", 1)
+    vol = make_volume(server.datastores["ds2"], f"seed/{name}", size_mib=8, seed=seed)
+    client.make_directory(f"[{VSAN}] {folder}")
+    client.copy_virtual_disk(f"[ds2] seed/{name}", f"[{VSAN}] {relpath}")
+    content = {"flat": vol.flat.read_bytes()}
+    for side in vol.sidecars:
+        shutil.copy2(side, server.datastores[VSAN] / folder / side.name)  # a sidecar is a plain namespace file
+        content[side.name] = side.read_bytes()
+        side.unlink()
+    client.delete_virtual_disk(f"[ds2] seed/{name}")
+    return content
+
+
+def vsan_object(server: VcsimServer, relpath: str = REL) -> bytes:
+    """The data of a vSAN disk, read from the simulator's object store (no client can read it)."""
+    text = (server.datastores[VSAN] / relpath).read_text()
+    match = VSAN_EXTENT.search(text)
+    assert match is not None, text
+    return (server.vsan_objects[VSAN] / match[2]).read_bytes()
+
+
+def staging_files(server: VcsimServer, datastore: str = "ds1") -> list[str]:
+    root = server.datastores[datastore] / STAGING_FOLDER
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) if root.exists() else []
+
+
+def write_config(
+    tmp_path: Path, server: VcsimServer, *, vsan: str = 'vsan = true\nstaging = "ds1"\n', extra: str = ""
+) -> Path:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f"""repository = "{tmp_path / "repo"}"
+[sites.dc1.vcenter]
+url = "{server.url}"
+user = "{server.user}"
+password_env = "VC_PW"
+datacenter = "{server.datacenter}"
+[sites.dc1.datastores.ds1]
+transport = "http"
+[sites.dc1.datastores.{VSAN}]
+transport = "http"
+{vsan}{extra}"""
+    )
+    return cfg
+
+
+def snapshot_doc(repo: Path, snap_id: str) -> dict[str, Any]:
+    r = Repository.open(repo, readonly=True)
+    try:
+        return r.load_snapshot_doc(snap_id)
+    finally:
+        r.close()
+
+
+# -- snapshot ------------------------------------------------------------------------------------
+
+
+def test_a_vsan_appstack_is_captured_through_a_staged_copy_and_restores_byte_for_byte(
+    vcsim_server: VcsimServer, client: PyvmomiClient, vc_password: None, toolkit: Toolkit, tmp_path: Path
+) -> None:
+    original = put_on_vsan(vcsim_server, client)
+    cfg = write_config(tmp_path, vcsim_server)
+    assert toolkit("--config", str(cfg), "init").exit_code == 0
+
+    first = toolkit.json("--config", str(cfg), "snapshot")
+    [vol] = [v for v in first["volumes"] if v["key"] == f"{VSAN}/{REL}"]
+    assert first["ok"], first
+    assert vol["state"] == "new"
+    assert first["stats"]["bytes_read"] >= len(original["flat"])
+    assert staging_files(vcsim_server) == []  # the staged copy is gone
+    [entry] = [v for v in snapshot_doc(toolkit.repo, first["snapshot"])["volumes"] if v["key"] == f"{VSAN}/{REL}"]
+    assert entry["captured_via"] == "staging:ds1"
+    assert {f["path"]: f["role"] for f in entry["files"]} == {
+        REL: "descriptor",
+        f"{FOLDER}/{FLAT}": "extent",
+        f"{REL}.metadata": "metadata",
+    }
+
+    # The vSAN descriptor kept its size and time: recorded unchanged without a copy (a staging
+    # datastore vCenter does not know would fail any copy).
+    nfs = tmp_path / "nfs-mount"
+    nfs.mkdir()
+    no_copy = tmp_path / "no-copy.toml"
+    no_copy.write_text(
+        cfg.read_text().replace('staging = "ds1"', 'staging = "nfs9"')
+        + f'[sites.dc1.datastores.nfs9]\ntransport = "local"\npath = "{nfs}"\n'
+    )
+    again = toolkit.json("--config", str(no_copy), "snapshot", VSAN)
+    [vol] = again["volumes"]
+    assert vol["state"] == "unchanged", vol
+    assert again["stats"]["bytes_read"] == 0
+
+    client.delete_virtual_disk(f"[{VSAN}] {REL}")  # an update of the AppStack: same name, new content
+    updated = put_on_vsan(vcsim_server, client, seed=2)
+    assert updated["flat"] != original["flat"]
+    third = toolkit.json("--config", str(cfg), "snapshot", VSAN)
+    assert [v["state"] for v in third["volumes"]] == ["changed"]
+
+    out = tmp_path / "out"
+    r = toolkit("--config", str(cfg), "restore", "--as-of", first["created_at"], "--datastore", VSAN, "--to", str(out))
+    assert r.exit_code == 0, r.stderr
+    assert (out / FOLDER / FLAT).read_bytes() == original["flat"]
+    newest = tmp_path / "newest"
+    r = toolkit("--config", str(cfg), "restore", "--as-of", "now", "--datastore", VSAN, "--to", str(newest))
+    assert r.exit_code == 0, r.stderr
+    assert (newest / FOLDER / FLAT).read_bytes() == updated["flat"]
+    assert (out / f"{REL}.metadata").read_bytes() == original[f"{NAME}.metadata"]
+    descriptor = (out / REL).read_text()
+    assert f'VMFS "{FLAT}"' in descriptor and "vsan://" not in descriptor  # usable anywhere, not only on vSAN
+    qemu = shutil.which("qemu-img")
+    if qemu is not None:
+        assert subprocess.run([qemu, "info", str(out / REL)], capture_output=True, check=False).returncode == 0
+
+
+def _stager_source(
+    server: VcsimServer, client: PyvmomiClient, staging: Transport, *, host: str | None = None
+) -> tuple[Source, StagingArea]:
+    area = StagingArea(client, "ds1", staging, host=host)
+    stager = VsanStager(client, VSAN, area, host_hashing=True)
+    return Source(VSAN, DatastoreHttpTransport(client, VSAN), stager=stager), area
+
+
+def test_a_failed_read_of_the_staged_copy_fails_the_volume_and_still_deletes_the_copy(
+    vcsim_server: VcsimServer, client: PyvmomiClient, tmp_path: Path
+) -> None:
+    put_on_vsan(vcsim_server, client)
+    faulty = Scripted(DatastoreHttpTransport(client, "ds1"), "rE", only=f"*{FLAT}")
+    source, area = _stager_source(vcsim_server, client, faulty)
+    repo = Repository.init(tmp_path / "repo")
+    with repo.writing("snapshot"):
+        report = snapshot(repo, [source])
+    [vol] = report.volumes
+    assert vol["state"] == "failed"
+    assert INJECTED in vol["reason"]
+    assert faulty.faults_fired
+    assert staging_files(vcsim_server) == [area.run.split("/")[1]]  # the volume's copy went at once
+    assert report.warnings == []
+    area.close()
+    assert staging_files(vcsim_server) == []
+
+
+class Interrupting:
+    """Passes every call to ``inner``; the first read of a flat extent raises KeyboardInterrupt (Ctrl-C)."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def open_read(self, path: str) -> Any:
+        if not path.endswith("-flat.vmdk"):
+            return self.inner.open_read(path)
+
+        class Opened:
+            def __enter__(self) -> Any:
+                def read_at(offset: int, size: int) -> bytes:
+                    raise KeyboardInterrupt
+
+                return read_at
+
+            def __exit__(self, *exc: object) -> None:
+                return None
+
+        return Opened()
+
+
+def test_an_interrupted_snapshot_deletes_the_staged_copy(
+    vcsim_server: VcsimServer, client: PyvmomiClient, tmp_path: Path
+) -> None:
+    put_on_vsan(vcsim_server, client)
+    source, area = _stager_source(vcsim_server, client, Interrupting(LocalTransport(vcsim_server.datastores["ds1"])))
+    repo = Repository.init(tmp_path / "repo")
+    with pytest.raises(KeyboardInterrupt), repo.writing("snapshot"):
+        snapshot(repo, [source])
+    assert staging_files(vcsim_server) == [area.run.split("/")[1]]
+    area.close()
+    assert staging_files(vcsim_server) == []
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    return int(proc.stdout)
+
+
+def test_leftovers_of_a_killed_run_are_deleted_by_the_next_run_and_live_runs_are_left_alone(
+    vcsim_server: VcsimServer, client: PyvmomiClient, tmp_path: Path
+) -> None:
+    put_on_vsan(vcsim_server, client)
+    host = socket.gethostname()
+    dead = f"{STAGING_FOLDER}/{run_name(host, _dead_pid(), 'deadbeef')}"
+    live = f"{STAGING_FOLDER}/{run_name(host, os.getpid(), 'feedf00d')}"  # this process: alive
+    other = f"{STAGING_FOLDER}/{run_name('otherhost', 1, 'abcdef01')}"  # another host, recent
+    for folder in (dead, live, other):
+        client.make_directory(f"[ds1] {folder}/1")
+        client.copy_virtual_disk(f"[{VSAN}] {REL}", f"[ds1] {folder}/1/{NAME}")
+    source, area = _stager_source(vcsim_server, client, DatastoreHttpTransport(client, "ds1"))
+    repo = Repository.init(tmp_path / "repo")
+    with repo.writing("snapshot"):
+        report = snapshot(repo, [source])
+    area.close()
+    assert [v["state"] for v in report.volumes] == ["new"]
+    left = {p.split("/")[0] for p in staging_files(vcsim_server)}
+    assert left == {live.split("/")[1], other.split("/")[1]}
+
+
+def test_a_run_folder_is_stale_when_its_process_is_gone_or_it_is_old() -> None:
+    now = 1_000_000.0
+    mine = run_name("backup-01.example.com", 42, "0123abcd")
+    assert mine.startswith("backup01examplecom-42-")
+    assert is_stale(mine, now, host="backup-01.example.com", now_s=now, alive=lambda pid: False)
+    assert not is_stale(mine, now, host="backup-01.example.com", now_s=now, alive=lambda pid: True)
+    assert is_stale(mine, now - 27 * 3600, host="backup-01.example.com", now_s=now, alive=lambda pid: True)
+    assert not is_stale(mine, now - 3600, host="elsewhere", now_s=now, alive=lambda pid: False)
+    assert is_stale(mine, now - 27 * 3600, host="elsewhere", now_s=now, alive=lambda pid: False)
+    assert not is_stale("not-ours", 0.0, host="elsewhere", now_s=now, alive=lambda pid: False)
+
+
+def test_without_staging_a_vsan_volume_is_skipped_with_the_reason(
+    vcsim_server: VcsimServer, client: PyvmomiClient, vc_password: None, toolkit: Toolkit, tmp_path: Path
+) -> None:
+    put_on_vsan(vcsim_server, client)
+    for vsan in ("vsan = true\n", ""):  # declared vSAN without staging; or not declared at all
+        cfg = write_config(tmp_path, vcsim_server, vsan=vsan)
+        if not (tmp_path / "repo").exists():
+            assert toolkit("--config", str(cfg), "init").exit_code == 0
+        r = toolkit("--config", str(cfg), "--json", "snapshot")
+        assert r.exit_code == 1, r.stderr
+        [vol] = [v for v in json.loads(r.stdout)["volumes"] if v["key"] == f"{VSAN}/{REL}"]
+        assert vol["state"] == "skipped"
+        assert "vSAN object" in vol["reason"]
+        assert f"staging = DATASTORE for datastore {VSAN}" in vol["reason"]
+    assert staging_files(vcsim_server) == []
+
+
+def test_a_full_staging_datastore_fails_the_volume_before_any_copy(vcsim_binary: Path, tmp_path: Path) -> None:
+    stores = {name: tmp_path / "vcsim" / name for name in ("ds1", "ds2", VSAN)}
+    with VcsimServer(stores, vsan=[VSAN], capacity={"ds1": 4 << 20}, binary=vcsim_binary) as server:
+        client = connect(VsphereConfig(server.url, server.user, server.password, server.datacenter))
+        try:
+            put_on_vsan(server, client)
+            source, area = _stager_source(server, client, DatastoreHttpTransport(client, "ds1"))
+            repo = Repository.init(tmp_path / "repo")
+            with repo.writing("snapshot"):
+                report = snapshot(repo, [source])
+            area.close()
+            # Had the toolkit not looked first, vCenter would have refused the copy itself.
+            with pytest.raises(DatastoreNoSpace) as caught:
+                client.copy_virtual_disk(f"[{VSAN}] {REL}", f"[ds1] {NAME}")
+            assert caught.value.fields["datastore"] == "ds1"
+        finally:
+            client.close()
+        [vol] = report.volumes
+        assert vol["state"] == "failed"
+        assert vol["reason"].startswith("staging datastore ds1 has ")
+        assert "needs 8.1 MiB" in vol["reason"]
+        assert staging_files(server) == []
+        assert list(server.datastores["ds1"].iterdir()) == []  # refused before anything was made there
+
+
+def test_a_staging_datastore_vcenter_does_not_know_fails_the_volume(
+    vcsim_server: VcsimServer, client: PyvmomiClient, vc_password: None, toolkit: Toolkit, tmp_path: Path
+) -> None:
+    put_on_vsan(vcsim_server, client)
+    nfs = tmp_path / "nfs-mount"
+    nfs.mkdir()
+    cfg = write_config(
+        tmp_path,
+        vcsim_server,
+        vsan='vsan = true\nstaging = "nfs9"\n',
+        extra=f'[sites.dc1.datastores.nfs9]\ntransport = "local"\npath = "{nfs}"\n',
+    )
+    assert toolkit("--config", str(cfg), "init").exit_code == 0
+    r = toolkit("--config", str(cfg), "--json", "snapshot")
+    assert r.exit_code == 1
+    [vol] = [v for v in json.loads(r.stdout)["volumes"] if v["key"] == f"{VSAN}/{REL}"]
+    assert vol["state"] == "failed"
+    assert vol["reason"] == "staging datastore nfs9 cannot be used: vCenter does not list it"
+
+
+@pytest.mark.parametrize(
+    ("datastores", "message"),
+    [
+        ('[sites.s.datastores.v]\ntransport = "http"\nvsan = true\nstaging = "nope"\n', "is not a datastore"),
+        ('[sites.s.datastores.v]\ntransport = "http"\nstaging = "d"\n', "only applies to a vSAN datastore"),
+        ('[sites.s.datastores.v]\ntransport = "local"\npath = "/x"\nvsan = true\n', "need transport"),
+        ('[sites.s.datastores.v]\ntransport = "http"\nvsan = "yes"\n', "vsan must be true or false"),
+        ('[sites.s.datastores.v]\ntransport = "http"\nvsan = true\nstaging = "w"\n', "is vSAN itself"),
+    ],
+)
+def test_bad_vsan_settings_are_refused(tmp_path: Path, datastores: str, message: str) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        '[sites.s.vcenter]\nurl = "https://vc"\nuser = "u"\npassword_env = "P"\n'
+        '[sites.s.datastores.d]\ntransport = "local"\npath = "/d"\n'
+        '[sites.s.datastores.w]\ntransport = "http"\nvsan = true\n' + datastores
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(cfg)
+    assert message in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+# -- restore -------------------------------------------------------------------------------------
+
+
+def _captured(vcsim_server: VcsimServer, client: PyvmomiClient, toolkit: Toolkit, tmp_path: Path) -> Path:
+    """A repository holding the vSAN AppStack, then the AppStack deleted from vSAN; the configuration."""
+    cfg = write_config(tmp_path, vcsim_server)
+    assert toolkit("--config", str(cfg), "init").exit_code == 0
+    assert toolkit("--config", str(cfg), "snapshot").exit_code == 0
+    client.delete_virtual_disk(f"[{VSAN}] {REL}")
+    (vcsim_server.datastores[VSAN] / f"{REL}.metadata").unlink()
+    assert list(vcsim_server.vsan_objects[VSAN].iterdir()) == []
+    return cfg
+
+
+def test_restore_onto_vsan_goes_through_staging_and_lands_as_a_vsan_disk(
+    vcsim_server: VcsimServer, client: PyvmomiClient, vc_password: None, toolkit: Toolkit, tmp_path: Path
+) -> None:
+    original = put_on_vsan(vcsim_server, client)
+    cfg = _captured(vcsim_server, client, toolkit, tmp_path)
+
+    r = toolkit("--config", str(cfg), "--json", "restore", "--as-of", "now", "--to", f"dc1/{VSAN}")
+    assert r.exit_code == 0, r.stderr
+    [vol] = json.loads(r.stdout)["volumes"]
+    assert (vol["status"], vol["via"]) == ("restored", "staging:ds1")
+    namespace = vcsim_server.datastores[VSAN] / FOLDER
+    assert sorted(p.name for p in namespace.iterdir()) == [NAME, f"{NAME}.metadata"]  # no flat file in vSAN
+    assert vsan_object(vcsim_server) == original["flat"]
+    assert (namespace / f"{NAME}.metadata").read_bytes() == original[f"{NAME}.metadata"]
+    assert staging_files(vcsim_server) == []
+
+    again = toolkit("--config", str(cfg), "--json", "restore", "--as-of", "now", "--to", f"dc1/{VSAN}")
+    assert again.exit_code == 0, again.stderr
+    assert [v["status"] for v in json.loads(again.stdout)["volumes"]] == ["in place"]  # compared through a copy
+    assert staging_files(vcsim_server) == []
+    assert len(list(vcsim_server.vsan_objects[VSAN].iterdir())) == 1
+
+
+def test_a_staged_copy_that_landed_wrong_is_never_copied_into_vsan(
+    vcsim_server: VcsimServer, client: PyvmomiClient, vc_password: None, toolkit: Toolkit, tmp_path: Path
+) -> None:
+    put_on_vsan(vcsim_server, client)
+    _captured(vcsim_server, client, toolkit, tmp_path)
+    repo = Repository.open(tmp_path / "repo", readonly=True)
+    try:
+        as_of = parse_as_of("now", repo)
+        [item], _ = plan_restore(repo, as_of, [], [VSAN])
+        flipping = Scripted(LocalTransport(vcsim_server.datastores["ds1"]), "wF", only=f"*{FLAT}")
+        area = StagingArea(client, "ds1", flipping)
+        dest = VsanDestination(client, VSAN, DatastoreHttpTransport(client, VSAN), area)
+        entry: dict[str, Any] = {"path": REL}
+        with ThreadPoolExecutor(2) as pool:
+            written = dest.restore_volume(repo, item, entry, pool=pool, emit=lambda _k, _d: None)
+    finally:
+        repo.close()
+    assert written == 0
+    assert entry["status"] == "failed"
+    assert "what landed has digest" in entry["error"]
+    assert flipping.faults_fired
+    assert not (vcsim_server.datastores[VSAN] / REL).exists()
+    assert list(vcsim_server.vsan_objects[VSAN].iterdir()) == []
+    assert staging_files(vcsim_server) == [area.run.split("/")[1]]
+    area.close()
+    assert staging_files(vcsim_server) == []
+
+
+def test_restore_onto_vsan_without_staging_is_refused(
+    vcsim_server: VcsimServer, client: PyvmomiClient, vc_password: None, toolkit: Toolkit, tmp_path: Path
+) -> None:
+    put_on_vsan(vcsim_server, client)
+    cfg = _captured(vcsim_server, client, toolkit, tmp_path)
+    cfg.write_text(cfg.read_text().replace('staging = "ds1"\n', ""))
+    r = toolkit("--config", str(cfg), "restore", "--as-of", "now", "--to", f"dc1/{VSAN}")
+    assert r.exit_code == VsanNoStaging.exit_code == 2
+    assert "has no staging datastore configured" in r.stderr
+    assert not (vcsim_server.datastores[VSAN] / REL).exists()
+
+
+def test_a_staged_view_reports_the_vsan_descriptor_time(vcsim_server: VcsimServer, client: PyvmomiClient) -> None:
+    """The time of a staged file is the vSAN descriptor's: a disk written during the read shows as changed."""
+    put_on_vsan(vcsim_server, client)
+    from toolkit.ops.vsan import StagedView
+
+    namespace = DatastoreHttpTransport(client, VSAN)
+    before = namespace.stat(REL)
+    assert before is not None
+    view = StagedView(namespace, LocalTransport(vcsim_server.datastores["ds1"]), REL, None, {REL: 1, "x": 2})
+    assert view.stat(REL) == FileInfo(REL, 1, before.mtime_ns)
+    os.utime(vcsim_server.datastores[VSAN] / REL, ns=(before.mtime_ns + 10**9, before.mtime_ns + 10**9))
+    after = view.stat("x")
+    assert after is not None and after.mtime_ns != before.mtime_ns
+
+
+def test_restore_onto_vsan_with_register_imports_it_under_its_recorded_guid(
+    vcsim_server: VcsimServer,
+    client: PyvmomiClient,
+    vc_password: None,
+    toolkit: Toolkit,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = put_on_vsan(vcsim_server, client)
+    stores = {VSAN: vcsim_server.datastores[VSAN], "ds1": vcsim_server.datastores["ds1"]}
+    with AvmSimulator(stores, "2.x", password=AVM_PASSWORD, job_delay_s=0.01) as sim:
+        assert sim.import_folder_now(VSAN, FOLDER)
+        [stack] = [v for v in sim.volumes() if v.kind == "appstack"]
+        monkeypatch.setenv("AVM_PW", AVM_PASSWORD)
+        manager = f'[sites.dc1.manager]\nurl = "{sim.url}"\nuser = "admin"\npassword_env = "AVM_PW"\n'
+        cfg = write_config(tmp_path, vcsim_server, extra=manager)
+        assert toolkit("--config", str(cfg), "init").exit_code == 0
+        snap = toolkit("--config", str(cfg), "--json", "snapshot")
+        assert snap.exit_code == 0, snap.stderr
+        # Lost from vSAN and forgotten by the manager.
+        sim.admin_delete_volume(stack.id, keep_files=True)
+        client.delete_virtual_disk(f"[{VSAN}] {REL}")
+        (vcsim_server.datastores[VSAN] / f"{REL}.metadata").unlink()
+
+        r = toolkit("--config", str(cfg), "--json", "restore", "--as-of", "now", "--to", f"dc1/{VSAN}", "--register")
+        assert r.exit_code == 0, r.stderr
+        [vol] = json.loads(r.stdout)["volumes"]
+        assert (vol["status"], vol["via"]) == ("registered", "staging:ds1")
+        [back] = [v for v in sim.volumes() if v.kind == "appstack"]
+        assert back.guid == stack.guid
+        assert vsan_object(vcsim_server) == original["flat"]
+        assert staging_files(vcsim_server) == []
+
+
+def test_restore_beside_under_a_new_name_onto_vsan(
+    vcsim_server: VcsimServer, client: PyvmomiClient, vc_password: None, toolkit: Toolkit, tmp_path: Path
+) -> None:
+    original = put_on_vsan(vcsim_server, client)
+    cfg = write_config(tmp_path, vcsim_server)
+    assert toolkit("--config", str(cfg), "init").exit_code == 0
+    assert toolkit("--config", str(cfg), "snapshot").exit_code == 0
+    live = (vcsim_server.datastores[VSAN] / REL).read_bytes()
+
+    r = toolkit(
+        "--config",
+        str(cfg),
+        "--json",
+        "restore",
+        "--as-of",
+        "now",
+        "--to",
+        f"dc1/{VSAN}",
+        "--rename",
+        "{name} restored",
+    )
+    assert r.exit_code == 0, r.stderr
+    [vol] = json.loads(r.stdout)["volumes"]
+    renamed = f"{FOLDER}/Office!20!2016!20!restored.vmdk"
+    assert (vol["status"], vol["path"]) == ("restored", renamed)
+    assert (vcsim_server.datastores[VSAN] / REL).read_bytes() == live  # the live one is untouched
+    assert vsan_object(vcsim_server, renamed) == original["flat"]
+    assert (vcsim_server.datastores[VSAN] / f"{renamed}.metadata").is_file()
+    assert len(list(vcsim_server.vsan_objects[VSAN].iterdir())) == 2
+    assert staging_files(vcsim_server) == []

@@ -1,0 +1,707 @@
+"""vSAN: volumes whose data are objects, read and written through a copy on a staging datastore.
+
+A vSAN namespace folder holds only the descriptor of a disk (its extent line names
+``vsan://<uuid>``) and plain files such as the App Volumes sidecars; neither SSH nor
+datastore HTTP reaches the object, and a file uploaded into the namespace is not a
+usable disk. vCenter's ``VirtualDiskManager.CopyVirtualDisk_Task`` is the way in and
+out, so both directions go through a VMFS or NFS datastore of the site, the
+*staging* datastore, which the toolkit reads and writes with its ordinary transport:
+
+- Snapshot (:class:`VsanStager`): copy ``[vsan] path/x.vmdk`` to
+  ``[staging] .toolkit-staging/<run>/<n>/x.vmdk`` (descriptor plus ``x-flat.vmdk``),
+  read the staged files as any other volume (same ingest path, same host hashing),
+  and always delete the staged copy, on failure and interrupt too. The version is
+  recorded under the volume's own paths, as a descriptor with a flat extent, so it
+  restores anywhere; the snapshot notes ``captured_via: staging:<datastore>``. A
+  volume whose vSAN descriptor kept its size and time is recorded unchanged without
+  a copy.
+- Restore (:class:`VsanDestination`): write the descriptor and flat extent to the
+  staging datastore and check the digest that landed there, move the sidecars into
+  the namespace folder, then ``CopyVirtualDisk_Task`` the staged disk into its
+  vSAN folder and delete the staged copy. Only a volume that went all the way is
+  reported restored, which is what lets ``--register`` import it.
+
+Staged copies live in ``.toolkit-staging/<host>-<pid>-<random>/`` on the staging
+datastore (a dot folder: no listing and no snapshot of that datastore sees it). A
+run that is killed leaves its folder behind; the next run that stages on that
+datastore deletes folders whose process is gone (same host) or that are older than
+:data:`STALE_AFTER_S` (another host), and never another live run's folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import logging
+import os
+import posixpath
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from catalog.assemble import load_manifest, restore_file
+from catalog.errors import Error
+from catalog.index import FileRow
+from catalog.repo import Repository
+from toolkit.errors import DestinationExists
+from toolkit.layout import FoundVolume, VolumeFile
+from toolkit.ops.restore import (
+    INFLIGHT_PER_STREAM,
+    DestinationInUse,
+    PlannedVolume,
+    RestoredDigestMismatch,
+    landed_digest,
+)
+from toolkit.ops.snapshot import Source
+from toolkit.progress import human_bytes
+from toolkit.transports.base import FileInfo, ReadAt, Transport, WriteAt
+from toolkit.transports.local import safe_relpath
+from toolkit.vmdk import DESCRIPTOR_MAX_BYTES, NotADescriptor, parse_descriptor
+from toolkit.vsphere import DatastoreFile, DatastoreFileNotFound, DatastoreInfo, format_datastore_path
+
+log = logging.getLogger(__name__)
+
+STAGING_FOLDER: Final = ".toolkit-staging"  # on the staging datastore; a dot folder, so listings skip it
+STALE_AFTER_S: Final = 26 * 3600.0  # another host's run this old is dead: the snapshot unit stops at 22 h
+SECTOR_BYTES: Final = 512  # descriptor extents count 512-byte sectors
+DISK_ROLES: Final = frozenset({"descriptor", "extent"})  # what CopyVirtualDisk carries; sidecars are plain files
+_RUN_NAME = re.compile(r"^(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-(?P<rand>[0-9a-f]{8})$")
+
+Read = Callable[[FoundVolume, Source], list[dict[str, Any]]]
+Event = Callable[[str, dict[str, Any]], None]
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+
+class VsanNoStaging(Error):
+    template = "{datastore} is a vSAN datastore and has no staging datastore configured"
+    hint = 'add staging = "DATASTORE" (a VMFS or NFS datastore of the site) to its configuration'
+    code = "vsan_no_staging"
+
+
+class StagingUnavailable(Error):
+    template = "staging datastore {datastore} cannot be used: {detail}"
+    hint = "check that vCenter lists the datastore by that name and that it is accessible, or name another"
+    code = "vsan_staging_unavailable"
+    exit_code = 1
+
+
+class StagingFull(Error):
+    template = "staging datastore {datastore} has {free} free; {what} needs {need}"
+    hint = (
+        "a staging copy through vCenter is thick (the disk's full size): free space there, "
+        "or name a larger staging datastore"
+    )
+    code = "vsan_staging_full"
+    exit_code = 1
+
+
+class VsanFull(Error):
+    template = "vSAN datastore {datastore} has {free} free; {what} needs at least {need}"
+    hint = "free space on the vSAN datastore (its storage policy may need a multiple of the disk's size)"
+    code = "vsan_datastore_full"
+    exit_code = 1
+
+
+class StagedCopyInvalid(Error):
+    template = "the staged copy {path} is not a disk with one flat extent: {detail}"
+    hint = "vCenter wrote an unexpected descriptor; report it with the descriptor's text"
+    code = "vsan_staged_copy_invalid"
+    exit_code = 1
+
+
+class VsanVolumeInvalid(Error):
+    template = "{path} cannot be restored onto vSAN: {detail}"
+    hint = "restore it to a VMFS or NFS datastore or a directory instead"
+    code = "vsan_volume_invalid"
+    exit_code = 1
+
+
+# -- what this module asks of vCenter -------------------------------------------------------------
+
+
+class StagingClient(Protocol):
+    """The part of :class:`toolkit.vsphere.VsphereClient` the staging copies use."""
+
+    def datastores(self) -> list[DatastoreInfo]: ...
+
+    def browse(
+        self, datastore: str, folder: str = "", pattern: str = "*", *, recursive: bool = True
+    ) -> list[DatastoreFile]: ...
+
+    def copy_virtual_disk(self, source: str, dest: str) -> None: ...
+
+    def delete_virtual_disk(self, path: str, *, missing_ok: bool = False) -> None: ...
+
+    def move_file(self, source: str, dest: str, *, overwrite: bool = False) -> None: ...
+
+    def make_directory(self, path: str) -> None: ...
+
+    def delete_file(self, path: str, *, missing_ok: bool = False) -> None: ...
+
+
+# -- pure helpers ---------------------------------------------------------------------------------
+
+
+def host_tag(host: str) -> str:
+    """A host name as it appears in run folder names (letters and digits only)."""
+    return re.sub(r"[^A-Za-z0-9]", "", host)[:40] or "host"
+
+
+def run_name(host: str, pid: int, rand: str) -> str:
+    """The folder of one run below ``.toolkit-staging``: whose it is, so a later run can tell if it is over."""
+    return f"{host_tag(host)}-{pid}-{rand}"
+
+
+def is_stale(name: str, newest_mtime_s: float, *, host: str, now_s: float, alive: Callable[[int], bool]) -> bool:
+    """True when the run folder ``name`` belongs to a run that is over.
+
+    Same host: its process is gone, or it is older than :data:`STALE_AFTER_S` (a reused pid).
+    Another host: it is older than that. Names this module does not write are left alone.
+    """
+    match = _RUN_NAME.match(name)
+    if match is None:
+        return False
+    old = now_s - newest_mtime_s > STALE_AFTER_S
+    if match["host"] == host_tag(host):
+        return old or not alive(int(match["pid"]))
+    return old
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def sibling(path: str, name: str) -> str:
+    """``name`` in the folder of ``path``."""
+    folder = posixpath.dirname(path)
+    return f"{folder}/{name}" if folder else name
+
+
+# -- the staging area -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StagedDisk:
+    """A disk copied onto the staging datastore: paths relative to that datastore's root."""
+
+    descriptor: str
+    extent: str  # the flat extent the staged descriptor names
+    descriptor_size: int
+    extent_size: int
+
+
+class StagingArea:
+    """Folders on the staging datastore for this process's copies, and the sweep of dead runs' folders."""
+
+    def __init__(
+        self,
+        client: StagingClient,
+        datastore: str,
+        transport: Transport,
+        *,
+        host: str | None = None,
+        now: Callable[[], float] = time.time,
+        alive: Callable[[int], bool] = process_alive,
+    ) -> None:
+        self.client = client
+        self.datastore = datastore
+        self.transport = transport
+        self.host = host or socket.gethostname()
+        self.run = f"{STAGING_FOLDER}/{run_name(self.host, os.getpid(), secrets.token_hex(4))}"
+        self._now = now
+        self._alive = alive
+        self._lock = threading.Lock()
+        self._swept = False
+        self._made = False
+        self._counter = itertools.count(1)
+        self.warnings: list[str] = []
+
+    def where(self, path: str) -> str:
+        return format_datastore_path(self.datastore, path)
+
+    def info(self) -> DatastoreInfo:
+        found = {d.name: d for d in self.client.datastores()}
+        info = found.get(self.datastore)
+        if info is None:
+            raise StagingUnavailable(datastore=self.datastore, detail="vCenter does not list it")
+        if not info.accessible:
+            raise StagingUnavailable(datastore=self.datastore, detail="vCenter reports it inaccessible")
+        if info.is_vsan:
+            raise StagingUnavailable(datastore=self.datastore, detail="it is vSAN itself; name a VMFS or NFS one")
+        return info
+
+    def require_space(self, need: int, what: str) -> None:
+        info = self.info()
+        if info.free_bytes < need:
+            raise StagingFull(
+                datastore=self.datastore, free=human_bytes(info.free_bytes), what=what, need=human_bytes(need)
+            )
+
+    def sweep(self) -> list[str]:
+        """Delete the folders dead runs left in ``.toolkit-staging`` (once per area); the folders removed."""
+        with self._lock:
+            if self._swept:
+                return []
+            self._swept = True
+        try:
+            files = self.client.browse(self.datastore, STAGING_FOLDER)
+        except DatastoreFileNotFound:
+            return []
+        newest: dict[str, float] = {}
+        for f in files:
+            parts = f.path.split("/")
+            if len(parts) >= 3:
+                newest[parts[1]] = max(newest.get(parts[1], 0.0), f.mtime_ns / 1e9)
+        removed = []
+        mine = self.run.rsplit("/", 1)[1]
+        for name, mtime_s in sorted(newest.items()):
+            if name == mine or not is_stale(name, mtime_s, host=self.host, now_s=self._now(), alive=self._alive):
+                continue
+            folder = f"{STAGING_FOLDER}/{name}"
+            try:
+                self.client.delete_file(self.where(folder), missing_ok=True)
+            except Error as exc:
+                self.warnings.append(f"a leftover staging folder {self.where(folder)} could not be deleted: {exc}")
+                continue
+            log.warning("deleted %s, left behind by a run that is over", self.where(folder))
+            removed.append(folder)
+        return removed
+
+    @contextlib.contextmanager
+    def folder(self) -> Iterator[str]:
+        """A new, empty folder for one volume; deleted with everything in it when the block ends."""
+        self.sweep()
+        folder = f"{self.run}/{next(self._counter)}"
+        self._made = True
+        self.client.make_directory(self.where(folder))
+        try:
+            yield folder
+        finally:
+            self.remove(folder)
+
+    def remove(self, folder: str) -> None:
+        """Delete a volume's folder: staged disks through the disk manager, then the folder itself."""
+        try:
+            for f in self.client.browse(self.datastore, folder, "*.vmdk"):
+                if f.path.endswith(".vmdk") and not f.path.endswith("-flat.vmdk"):
+                    with contextlib.suppress(Error):  # not a disk (a partial upload): the folder delete takes it
+                        self.client.delete_virtual_disk(self.where(f.path), missing_ok=True)
+            self.client.delete_file(self.where(folder), missing_ok=True)
+        except Error as exc:
+            self.warnings.append(
+                f"staged copy {self.where(folder)} could not be deleted ({exc}); the next run deletes it"
+            )
+            log.warning("%s", self.warnings[-1])
+
+    def close(self) -> None:
+        """Delete this run's folder (empty by now unless a deletion failed); the next run's sweep retries."""
+        if self._made:
+            with contextlib.suppress(Error):
+                self.client.delete_file(self.where(self.run), missing_ok=True)
+
+    def stage(self, vsan_datastore: str, path: str, folder: str, emit: Event) -> StagedDisk:
+        """Copy the disk ``[vsan_datastore] path`` into ``folder`` and check what vCenter wrote."""
+        name = posixpath.basename(path)
+        staged = f"{folder}/{name}"
+        source = format_datastore_path(vsan_datastore, path)
+        emit("message", {"text": f"copying {source} to {self.where(staged)} (vCenter CopyVirtualDisk)"})
+        self.client.copy_virtual_disk(source, self.where(staged))
+        head = self.transport.read_small(staged, DESCRIPTOR_MAX_BYTES)
+        try:
+            desc = parse_descriptor(staged, head)
+        except NotADescriptor as exc:
+            raise StagedCopyInvalid(path=self.where(staged), detail=str(exc)) from None
+        names = [e.filename for e in desc.extents if e.filename] if desc is not None else []
+        if desc is None or len(names) != 1 or "/" in names[0] or "://" in names[0]:
+            raise StagedCopyInvalid(path=self.where(staged), detail="expected one extent file beside it")
+        extent = sibling(staged, names[0])
+        info = self.transport.stat(extent)
+        if info is None or info.size < desc.sectors * SECTOR_BYTES:
+            raise StagedCopyInvalid(path=self.where(staged), detail=f"its extent {extent} is missing or short")
+        return StagedDisk(staged, extent, len(head), info.size)
+
+
+# -- snapshot: reading a vSAN volume through a staged copy ----------------------------------------
+
+
+class _NeedsStaging(Exception):
+    """Raised by a :class:`StagedView` without a staged copy when a disk file must be read after all."""
+
+
+class StagedView:
+    """A read-only transport over one volume: its disk files from the staged copy, the rest from the namespace.
+
+    ``routes`` maps the volume's own paths (descriptor, flat extent) to the staged copy's paths. Their
+    size is the staged file's; their time is the vSAN descriptor's as it is now, so a disk written
+    while it was read shows as changed. With ``routes`` None nothing is staged yet: reading a disk file
+    raises :class:`_NeedsStaging`, which tells :class:`VsanStager` to make the copy.
+    """
+
+    def __init__(
+        self,
+        namespace: Transport,
+        staging: Transport,
+        descriptor: str,
+        routes: Mapping[str, str] | None,
+        sizes: Mapping[str, int],
+    ) -> None:
+        self.namespace = namespace
+        self.staging = staging
+        self.descriptor = descriptor
+        self.routes = routes
+        self.sizes = sizes
+        self.data_ranges: Callable[[str], list[tuple[int, int]]] | None = None
+        self.open_hashed: Callable[..., contextlib.AbstractContextManager[Any]] | None = None
+        if getattr(staging, "data_ranges", None) is not None:
+            self.data_ranges = self._data_ranges
+        if getattr(staging, "open_hashed", None) is not None:
+            self.open_hashed = self._open_hashed
+
+    def _staged(self, path: str) -> str | None:
+        if path not in self.sizes:
+            return None
+        if self.routes is None:
+            raise _NeedsStaging(path)
+        return self.routes[path]
+
+    def describe(self) -> str:
+        return f"{self.namespace.describe()} (disk read from a copy on {self.staging.describe()})"
+
+    def walk(self) -> Iterator[FileInfo]:
+        yield from self.namespace.walk()
+
+    def stat(self, path: str) -> FileInfo | None:
+        if path not in self.sizes:
+            return self.namespace.stat(path)
+        now = self.namespace.stat(self.descriptor)
+        if now is None:
+            return None
+        return FileInfo(path, self.sizes[path], now.mtime_ns)
+
+    def read_small(self, path: str, limit: int) -> bytes:
+        staged = self._staged(path)
+        return self.namespace.read_small(path, limit) if staged is None else self.staging.read_small(staged, limit)
+
+    def open_read(self, path: str) -> contextlib.AbstractContextManager[ReadAt]:
+        staged = self._staged(path)
+        return self.namespace.open_read(path) if staged is None else self.staging.open_read(staged)
+
+    def _disk_path(self, path: str) -> str:
+        """The staged path of a disk file; only disk files are read as extents."""
+        staged = self._staged(path)
+        if staged is None:
+            raise VsanVolumeInvalid(path=path, detail="only the disk is read from the staged copy")
+        return staged
+
+    def _data_ranges(self, path: str) -> list[tuple[int, int]]:
+        ranges: list[tuple[int, int]] = self.staging.data_ranges(self._disk_path(path))  # type: ignore[attr-defined]
+        return ranges
+
+    def _open_hashed(self, path: str, chunk_size: int) -> contextlib.AbstractContextManager[Any]:
+        opened: contextlib.AbstractContextManager[Any] = self.staging.open_hashed(  # type: ignore[attr-defined]
+            self._disk_path(path), chunk_size
+        )
+        return opened
+
+    def open_write(self, path: str, size: int, mtime_ns: int) -> contextlib.AbstractContextManager[WriteAt]:
+        raise VsanVolumeInvalid(path=path, detail="a staged view is read-only")
+
+    def clean_partials(self, path: str) -> None:
+        return None
+
+    def remove(self, path: str) -> None:
+        raise VsanVolumeInvalid(path=path, detail="a staged view is read-only")
+
+    def remove_dir(self, path: str) -> bool:
+        raise VsanVolumeInvalid(path=path, detail="a staged view is read-only")
+
+
+class VsanStager:
+    """Captures the volumes of one vSAN datastore through copies on its staging datastore (a snapshot ``Stager``)."""
+
+    def __init__(self, client: StagingClient, vsan_datastore: str, area: StagingArea, *, host_hashing: bool) -> None:
+        self.client = client
+        self.vsan_datastore = vsan_datastore
+        self.area = area
+        self.host_hashing = host_hashing
+        self.via = f"staging:{area.datastore}"
+        self.warnings = area.warnings  # the same list: what the area could not clean up
+
+    def capture(
+        self,
+        vol: FoundVolume,
+        source: Source,
+        read: Read,
+        prev_files: Mapping[str, dict[str, Any]],
+        emit: Event,
+    ) -> list[dict[str, Any]]:
+        """The file entries of ``vol``: unchanged ones from ``prev_files``, the disk read from a staged copy."""
+        desc_file = next(vf for vf in vol.files if vf.role == "descriptor")
+        raw = source.transport.read_small(vol.path, DESCRIPTOR_MAX_BYTES)
+        desc = parse_descriptor(vol.path, raw)
+        if desc is None:
+            raise VsanVolumeInvalid(path=vol.path, detail="a vSAN descriptor is text")
+        name = posixpath.basename(vol.path)
+        extent = sibling(vol.path, f"{name[:-5] if name.lower().endswith('.vmdk') else name}-flat.vmdk")
+        mtime = desc_file.info.mtime_ns
+        rest = [vf for vf in vol.files if vf.role != "descriptor"]
+        prev_desc, prev_ext = prev_files.get(vol.path), prev_files.get(extent)
+        size = desc.sectors * SECTOR_BYTES
+        if (
+            prev_desc
+            and prev_ext
+            and prev_desc["mtime_ns"] == mtime == prev_ext["mtime_ns"]
+            and prev_ext["size"] == size
+        ):
+            # The vSAN descriptor kept its size and time: the size and mtime rule decides, as for any file.
+            sizes = {vol.path: int(prev_desc["size"]), extent: size}
+            with contextlib.suppress(_NeedsStaging):
+                return read(self._view(vol, sizes, mtime, rest), self._source(source, vol, sizes, None))
+        self.area.require_space(size + DESCRIPTOR_MAX_BYTES, f"a copy of [{self.vsan_datastore}] {vol.path}")
+        with self.area.folder() as folder:
+            staged = self.area.stage(self.vsan_datastore, vol.path, folder, emit)
+            extent = sibling(vol.path, posixpath.basename(staged.extent))
+            sizes = {vol.path: staged.descriptor_size, extent: staged.extent_size}
+            routes = {vol.path: staged.descriptor, extent: staged.extent}
+            return read(self._view(vol, sizes, mtime, rest), self._source(source, vol, sizes, routes))
+
+    def _view(self, vol: FoundVolume, sizes: Mapping[str, int], mtime: int, rest: list[VolumeFile]) -> FoundVolume:
+        disk = [
+            VolumeFile(FileInfo(path, size, mtime), "descriptor" if path == vol.path else "extent")
+            for path, size in sizes.items()
+        ]
+        return dataclasses.replace(vol, files=[*disk, *rest], objects=[])
+
+    def _source(
+        self, source: Source, vol: FoundVolume, sizes: Mapping[str, int], routes: Mapping[str, str] | None
+    ) -> Source:
+        view = StagedView(source.transport, self.area.transport, vol.path, routes, sizes)
+        return dataclasses.replace(source, transport=view, host_hashing=self.host_hashing)
+
+
+class BrokenStager:
+    """Stands in for a :class:`VsanStager` that could not be set up: each vSAN volume fails with the reason."""
+
+    def __init__(self, staging: str, error: Error) -> None:
+        self.via = f"staging:{staging}"
+        self.error = error
+        self.warnings: list[str] = []
+
+    def capture(
+        self,
+        vol: FoundVolume,
+        source: Source,
+        read: Read,
+        prev_files: Mapping[str, dict[str, Any]],
+        emit: Event,
+    ) -> list[dict[str, Any]]:
+        raise self.error
+
+
+# -- restore: writing a volume onto vSAN ----------------------------------------------------------
+
+
+class Landing(Protocol):
+    """One file of a volume to write: where it goes, the digest that must land, and its stored source."""
+
+    @property
+    def source(self) -> FileRow: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def digest(self) -> str: ...
+
+    @property
+    def data(self) -> bytes | None: ...  # content rewritten in memory; None: streamed from the repository
+
+    @property
+    def size(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A file restored exactly as it was captured (a :class:`Landing`)."""
+
+    source: FileRow
+    path: str
+    digest: str
+    data: bytes | None = None
+
+    @property
+    def size(self) -> int:
+        return self.source.size if self.data is None else len(self.data)
+
+
+class VsanDestination:
+    """Restores volumes onto a vSAN datastore: written and checked on the staging datastore, then copied in."""
+
+    def __init__(self, client: StagingClient, vsan_datastore: str, namespace: Transport, area: StagingArea) -> None:
+        self.client = client
+        self.datastore = vsan_datastore
+        self.namespace = namespace
+        self.area = area
+        self.via = f"staging:{area.datastore}"
+
+    def where(self, path: str) -> str:
+        return format_datastore_path(self.datastore, path)
+
+    def restore_volume(
+        self,
+        repo: Repository,
+        item: PlannedVolume,
+        entry: dict[str, Any],
+        landings: Callable[[], Sequence[Landing]] | None = None,
+        *,
+        pool: ThreadPoolExecutor,
+        emit: Event,
+        overwrite: bool = False,
+        protected: Mapping[str, str] | None = None,
+    ) -> int:
+        """Restore one planned volume; sets ``entry["status"]`` (and ``error``); returns the bytes written.
+
+        ``landings`` gives the files as they land (renamed, rewritten); by default each stored file
+        at its own path.
+        """
+        entry["via"] = self.via
+        try:
+            files = landings() if landings is not None else [StoredFile(f, f.path, f.digest) for f in item.files]
+            return self._restore(repo, item, entry, files, pool, emit, overwrite, protected or {})
+        except Error as exc:
+            entry["status"] = "failed"
+            entry["error"] = str(exc)
+        except OSError as exc:  # the staging datastore refused a write (disk full, permissions, I/O error)
+            entry["status"] = "failed"
+            entry["error"] = (
+                f"writing to {self.area.transport.describe()} failed: {exc.strerror or exc or type(exc).__name__}"
+            )
+        return 0
+
+    def _restore(
+        self,
+        repo: Repository,
+        item: PlannedVolume,
+        entry: dict[str, Any],
+        files: Sequence[Landing],
+        pool: ThreadPoolExecutor,
+        emit: Event,
+        overwrite: bool,
+        protected: Mapping[str, str],
+    ) -> int:
+        for f in files:
+            safe_relpath(f.path)
+        target = str(entry.get("path") or item.version.path)
+        disk = [f for f in files if f.source.role in DISK_ROLES]
+        sidecars = [f for f in files if f.source.role not in DISK_ROLES]
+        descriptors = [f for f in disk if f.source.role == "descriptor"]
+        extents = [f for f in disk if f.source.role == "extent"]
+        if len(descriptors) != 1 or descriptors[0].path != target or len(extents) != 1:
+            raise VsanVolumeInvalid(path=target, detail="only a descriptor with one flat extent can be copied in")
+        if posixpath.dirname(extents[0].path) != posixpath.dirname(target):
+            raise VsanVolumeInvalid(path=target, detail="its extent is not in the descriptor's folder")
+        present = [f.path for f in [*descriptors, *sidecars] if self.namespace.stat(f.path) is not None]
+        if present:
+            if target in protected:
+                raise DestinationInUse(path=self.where(target), reason=protected[target])
+            if self._in_place(repo, target, extents[0], sidecars, emit):
+                entry["status"] = "in place"
+                emit("bytes", {"n": sum(f.size for f in files)})
+                return 0
+            if not overwrite:
+                raise DestinationExists(path=self.where(present[0]))
+        need = sum(f.size for f in files)
+        self.area.require_space(need, f"restoring {target} ({len(files)} files)")
+        vsan = next((d for d in self.client.datastores() if d.name == self.datastore), None)
+        if vsan is not None and vsan.free_bytes < extents[0].size:
+            raise VsanFull(
+                datastore=self.datastore,
+                free=human_bytes(vsan.free_bytes),
+                what=f"the disk of {target}",
+                need=human_bytes(extents[0].size),
+            )
+        chunk_size = repo.config.chunk_size
+        written = 0
+        with self.area.folder() as folder:
+            for f in files:
+                staged = f"{folder}/{posixpath.basename(f.path)}"
+                self._write(repo, f, staged, pool, emit)
+                landed = landed_digest(self.area.transport, staged, f.size, chunk_size)
+                if landed != f.digest:
+                    raise RestoredDigestMismatch(path=self.area.where(staged), got=landed, expected=f.digest)
+                written += f.size
+            self.client.make_directory(self.where(posixpath.dirname(target)))
+            for f in sidecars:  # plain files: moved into the namespace folder, then checked there
+                staged = f"{folder}/{posixpath.basename(f.path)}"
+                self.client.move_file(self.area.where(staged), self.where(f.path), overwrite=overwrite)
+                landed = landed_digest(self.namespace, f.path, f.size, chunk_size)
+                if landed != f.digest:
+                    raise RestoredDigestMismatch(path=self.where(f.path), got=landed, expected=f.digest)
+            staged = self.area.where(f"{folder}/{posixpath.basename(target)}")
+            if target in present:
+                emit("message", {"text": f"deleting {self.where(target)} to replace it (--overwrite)"})
+                self.client.delete_virtual_disk(self.where(target), missing_ok=True)
+            emit("message", {"text": f"copying {staged} into {self.where(target)} (vCenter CopyVirtualDisk)"})
+            self.client.copy_virtual_disk(staged, self.where(target))
+        if self.namespace.stat(target) is None:
+            raise VsanVolumeInvalid(
+                path=self.where(target), detail="vCenter reported the copy done, but it is not there"
+            )
+        entry["status"] = "restored"
+        return written
+
+    def _write(self, repo: Repository, f: Landing, staged: str, pool: ThreadPoolExecutor, emit: Event) -> None:
+        self.area.transport.clean_partials(staged)
+        with self.area.transport.open_write(staged, f.size, f.source.mtime_ns) as write_at:
+            if f.data is not None:
+                write_at(0, f.data)
+                emit("bytes", {"n": f.size})
+                return
+            manifest = load_manifest(repo.index, repo.reader, f.source.manifest_id)
+            restore_file(
+                repo.index,
+                repo.reader,
+                manifest,
+                write_at,
+                pool=pool,
+                progress=lambda n: emit("bytes", {"n": n}),
+                digest=False,
+                inflight=INFLIGHT_PER_STREAM,
+            )
+
+    def _in_place(
+        self, repo: Repository, target: str, extent: Landing, sidecars: Sequence[Landing], emit: Event
+    ) -> bool:
+        """True when the vSAN disk at ``target`` and its sidecars hold what would be restored (read via a copy)."""
+        chunk_size = repo.config.chunk_size
+        for f in sidecars:
+            now = self.namespace.stat(f.path)
+            if (
+                now is None
+                or now.size != f.size
+                or landed_digest(self.namespace, f.path, f.size, chunk_size) != f.digest
+            ):
+                return False
+        if self.namespace.stat(target) is None:
+            return False
+        self.area.require_space(extent.size + DESCRIPTOR_MAX_BYTES, f"a copy of {self.where(target)} to compare")
+        with self.area.folder() as folder:
+            staged = self.area.stage(self.datastore, target, folder, emit)
+            if staged.extent_size != extent.size:
+                return False
+            return landed_digest(self.area.transport, staged.extent, extent.size, chunk_size) == extent.digest
