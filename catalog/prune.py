@@ -26,6 +26,8 @@ from catalog.index import SnapshotRow
 from catalog.repo import Repository, now_iso
 from catalog.types import HOLE_ID, ChunkId, ChunkLocation, PackId
 
+Event = Callable[[str, dict[str, Any]], None]  # (kind, data): the toolkit's progress display takes these
+
 log = logging.getLogger(__name__)
 
 DEFAULT_REPACK_BELOW: Final = 0.5  # repack a pack once less than half of it is still referenced
@@ -174,32 +176,42 @@ def collect_garbage(
     dry_run: bool,
     repack_below: float = DEFAULT_REPACK_BELOW,
     report: PruneReport,
+    progress: Event | None = None,
 ) -> None:
-    """Delete packs with no live chunk; repack those whose live share is below ``repack_below``."""
+    """Delete packs with no live chunk; repack those whose live share is below ``repack_below``.
+
+    ``progress`` hears a ``plan`` (the live bytes to copy) and then ``bytes`` as they are copied.
+    """
     index = repo.index
+    emit = progress or (lambda _kind, _data: None)
+    chosen: list[tuple[str, int, int]] = []  # pack id, size, live bytes
+    for pack_id, size, _count, _verified in index.packs():
+        chunks = index.chunks_in_pack(pack_id)
+        live_bytes = sum(c[2] for cid, c in chunks.items() if cid in live)
+        dead_bytes = sum(c[2] for cid, c in chunks.items() if cid not in live)
+        report.bytes_unreferenced += dead_bytes
+        if dead_bytes == 0 or (live_bytes and live_bytes / max(size, 1) >= repack_below):
+            continue
+        until = repo.pack_retained_until(pack_id)
+        if until is not None:  # neither deleted nor repacked before then; its rows stay, so it stays known
+            report.locked.append({"kind": "pack", "id": pack_id, "until": until})
+            continue
+        report.packs_deleted += live_bytes == 0
+        report.packs_repacked += live_bytes > 0
+        if dry_run:
+            report.bytes_freed += size - live_bytes
+            continue
+        chosen.append((pack_id, size, live_bytes))
+    emit("plan", {"volumes": 0, "bytes": sum(live_bytes for _p, _s, live_bytes in chosen)})
     writer = repo.pack_writer(lambda pid, size, entries: index.add_pack(pid, size, entries, now_iso(), replace=True))
     doomed: list[tuple[str, int]] = []
     try:
-        for pack_id, size, _count, _verified in index.packs():
-            chunks = index.chunks_in_pack(pack_id)
-            live_bytes = sum(c[2] for cid, c in chunks.items() if cid in live)
-            dead_bytes = sum(c[2] for cid, c in chunks.items() if cid not in live)
-            report.bytes_unreferenced += dead_bytes
-            if dead_bytes == 0 or (live_bytes and live_bytes / max(size, 1) >= repack_below):
-                continue
-            until = repo.pack_retained_until(pack_id)
-            if until is not None:  # neither deleted nor repacked before then; its rows stay, so it stays known
-                report.locked.append({"kind": "pack", "id": pack_id, "until": until})
-                continue
-            report.packs_deleted += live_bytes == 0
-            report.packs_repacked += live_bytes > 0
-            if dry_run:
-                report.bytes_freed += size - live_bytes
-                continue
-            for cid, (type_, offset, stored, raw, codec, sha) in chunks.items():
+        for pack_id, size, _live_bytes in chosen:
+            for cid, (type_, offset, stored, raw, codec, sha) in index.chunks_in_pack(pack_id).items():
                 if cid in live:
                     loc = ChunkLocation(ChunkId(cid), PackId(pack_id), offset, stored, raw, codec, sha)
                     writer.add(ChunkId(cid), type_, codec, raw, sha, repo.reader.read_stored(loc))
+                    emit("bytes", {"n": stored})
             doomed.append((pack_id, size))
         writer.seal()  # live copies are durable and the catalog points at them (rows replaced)
     except BaseException:
@@ -225,6 +237,7 @@ def prune(
     dry_run: bool = False,
     now: datetime,
     repack_below: float = DEFAULT_REPACK_BELOW,
+    progress: Event | None = None,
 ) -> PruneReport:
     """Apply ``policy``, then collect garbage; the caller holds the writer lock."""
     report = PruneReport(dry_run)
@@ -246,5 +259,5 @@ def prune(
             if until is not None:
                 report.locked.append({"kind": "snapshot", "id": snap_id, "until": until})
     live = live_chunks(repo, set(report.removed) if dry_run else None)
-    collect_garbage(repo, live, dry_run=dry_run, repack_below=repack_below, report=report)
+    collect_garbage(repo, live, dry_run=dry_run, repack_below=repack_below, report=report, progress=progress)
     return report

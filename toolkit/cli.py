@@ -1448,7 +1448,7 @@ def prune(
     policy = Policy(keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_deleted_days)
     progress = c.progress("prune")
     with c.open(readonly=False) as repo, repo.writing("prune"):
-        report = prune_repo(repo, policy, dry_run=dry_run, now=datetime.now(UTC))
+        report = prune_repo(repo, policy, dry_run=dry_run, now=datetime.now(UTC), progress=progress)
     progress.finish()
     verb = "would remove" if dry_run else "removed"
     lines = [f"{verb} {len(report.removed)} snapshot(s), kept {len(report.kept)}"]

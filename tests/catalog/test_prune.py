@@ -49,3 +49,33 @@ def test_the_newest_snapshot_and_protected_ones_are_always_kept() -> None:
 def test_an_empty_policy_is_refused() -> None:
     with pytest.raises(NothingToKeep):
         select_snapshots(nightly(3), Policy())
+
+
+def test_repacking_reports_the_live_bytes_it_plans_and_copies(tmp_path) -> None:
+    import os
+    from typing import Any
+
+    from catalog.prune import prune
+    from catalog.repo import Repository
+
+    from .test_crypto import CHUNK, _ingest, _restore, _snapshot
+
+    repo = Repository.init(tmp_path / "r", chunk_size=CHUNK, pack_target_bytes=200_000)  # about three chunks a pack
+    first = os.urandom(10 * CHUNK)
+    second = first[: 5 * CHUNK] + os.urandom(CHUNK) + first[6 * CHUNK :]  # a chunk amid live ones dies
+    with repo.writing("snapshot"):
+        _snapshot(repo, _ingest(repo, first), first)
+    with repo.writing("snapshot"):
+        kept = _ingest(repo, second)
+        _snapshot(repo, kept, second)
+    events: list[tuple[str, dict[str, Any]]] = []
+    with repo.writing("prune"):
+        report = prune(
+            repo, Policy(last=1), now=datetime.now(UTC), repack_below=0.99, progress=lambda k, d: events.append((k, d))
+        )
+    assert report.packs_repacked > 0
+    assert events[0][0] == "plan" and events[0][1]["bytes"] > 0
+    assert {k for k, _ in events[1:]} == {"bytes"}
+    assert sum(d["n"] for _, d in events[1:]) == events[0][1]["bytes"]
+    assert _restore(repo, kept) == second
+    repo.close()
