@@ -23,7 +23,7 @@ from catalog.errors import Error, StoreFull
 from catalog.keys import DEFAULT_KDF, TEST_KDF, KdfParams, NotEncrypted, PassphraseRequired, unlocked
 from catalog.keys import unlock as unlock_keys
 from catalog.lock import break_lock
-from catalog.remote import DEFAULT_CACHE_BYTES, break_remote_lock
+from catalog.remote import DEFAULT_CACHE_BYTES, break_remote_lock, remote_writer_lock
 from catalog.repo import Repository, read_config
 from catalog.salvage import SalvageReport
 from toolkit import __version__
@@ -821,11 +821,12 @@ def schedule(c: Ctx, install_dir: Path | None, user: str | None, cron: bool) -> 
     config = c.config()  # the jobs need it; better to fail now than every night
     if config is None or not config.sites:
         raise ScheduleInvalid(detail="the configuration has no [sites.NAME], so the nightly snapshot has nothing to do")
-    repository = c.directory("schedule").expanduser().absolute()
+    url = remote_url(c.repo())
+    repository = None if url is not None else c.repo().expanduser().absolute()
     config_path = config.path.expanduser().absolute()
-    run_as = user or repository_owner(repository) or getpass.getuser()
+    run_as = user or (repository_owner(repository) if repository is not None else None) or getpass.getuser()
     check_user(run_as, repository)
-    spec = Schedule(toolkit_command(sys.argv[0], sys.executable), config_path, run_as, repository)
+    spec = Schedule(toolkit_command(sys.argv[0], sys.executable), config_path, run_as, repository, repository_url=url)
     files = [cron_file(spec)] if cron else systemd_units(spec)
     written = install(files, install_dir) if install_dir is not None else []
     timers = timer_names(files)
@@ -1712,19 +1713,37 @@ def _key_slots(c: Ctx) -> tuple[Path, str, list[Any]]:
     """(root, repository id, slots) of an encrypted repository; NotEncrypted otherwise."""
     from catalog.keys import read_slots
 
-    root = c.directory("key")
+    root = c.local_root(c.repo())  # an s3:// repository's config and keys have a copy in this host's cache
     config = read_config(root)
     if config.encryption is None:
-        raise NotEncrypted(path=root)
+        raise NotEncrypted(path=c.repo())
     return root, config.id, read_slots(root, config.id)
 
 
 def _unlocked_slot(c: Ctx) -> tuple[Path, RepoKeys, str]:
-    _key_slots(c)  # NotEncrypted before any passphrase is asked
+    root, _repo_id, _slots = _key_slots(c)  # NotEncrypted before any passphrase is asked
     opened = c.unlock()
     if opened is None:  # read_config said encrypted a moment ago
         raise NotEncrypted(path=c.repo())
-    return c.repo(), opened[0], opened[1]
+    return root, opened[0], opened[1]
+
+
+@contextlib.contextmanager
+def _changing_keys(c: Ctx) -> Iterator[None]:
+    """An s3:// repository's slots change in this host's cache under the bucket's writer lock, then are uploaded.
+
+    (The slots of a directory repository are written under its own writer lock by catalog.keys.)
+    """
+    from catalog.keys import KEYS_FILE
+
+    url = remote_url(c.repo())
+    if url is None:
+        yield
+        return
+    access = c.s3(url)
+    with remote_writer_lock(access.remote, "key"):
+        yield
+        access.remote.store.put_bytes(KEYS_FILE, (access.root / KEYS_FILE).read_bytes())
 
 
 def _new_passphrase(c: Ctx, root: Path, file: Path | None, command: str | None) -> str:
@@ -1781,7 +1800,9 @@ def key_add(c: Ctx, new_passphrase_file: Path | None, new_passphrase_command: st
     from catalog.keys import add_slot
 
     root, keys, _slot = _unlocked_slot(c)
-    added = add_slot(root, keys, _new_passphrase(c, root, new_passphrase_file, new_passphrase_command), c.kdf())
+    new = _new_passphrase(c, root, new_passphrase_file, new_passphrase_command)
+    with _changing_keys(c):
+        added = add_slot(root, keys, new, c.kdf())
     c.emit({"added": added.id}, f"added key slot {added.id}")
 
 
@@ -1802,7 +1823,8 @@ def key_change(c: Ctx, new_passphrase_file: Path | None, new_passphrase_command:
 
     root, keys, slot = _unlocked_slot(c)
     new = _new_passphrase(c, root, new_passphrase_file, new_passphrase_command)
-    changed = change_slot(root, keys, slot, new, c.kdf())
+    with _changing_keys(c):
+        changed = change_slot(root, keys, slot, new, c.kdf())
     c.emit({"removed": slot, "added": changed.id}, f"key slot {slot} replaced by {changed.id}")
 
 
@@ -1821,7 +1843,8 @@ def key_remove(c: Ctx, slot: str) -> None:
     from catalog.keys import remove_slot
 
     root, keys, _opened = _unlocked_slot(c)
-    left = remove_slot(root, keys, slot, c.passphrase(root))
+    with _changing_keys(c):
+        left = remove_slot(root, keys, slot, c.passphrase(root))
     c.emit({"removed": slot, "slots": [s.id for s in left]}, f"removed key slot {slot}; {len(left)} left")
 
 

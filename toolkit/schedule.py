@@ -108,6 +108,7 @@ class Schedule:
     user: str
     repository: Path | None = None  # given as --repo (and mounted before the job); else the configuration's
     env_file: Path = ENV_FILE
+    repository_url: str | None = None  # an s3:// repository given as --repo (nothing to mount)
 
     def check(self) -> None:
         if not self.command or not Path(self.command[0]).is_absolute():
@@ -117,12 +118,15 @@ class Schedule:
                 raise ScheduleInvalid(detail=f"the {what} path {str(path)!r} is not absolute")
         if not USER_NAME.fullmatch(self.user):
             raise ScheduleInvalid(detail=f"{self.user!r} is not a user name")
-        words = [*self.command, str(self.config), str(self.repository or ""), str(self.env_file)]
+        if self.repository is not None and self.repository_url is not None:
+            raise ScheduleInvalid(detail="a job has one repository: a directory or an s3:// URL")
+        words = [*self.command, str(self.config), str(self.repository or self.repository_url or ""), str(self.env_file)]
         if any(ch in w for w in words for ch in "\n\r\0"):
             raise ScheduleInvalid(detail="a path contains a line break or NUL")
 
     def argv(self, job: Job) -> list[str]:
-        repo = ["--repo", str(self.repository)] if self.repository is not None else []
+        where = self.repository or self.repository_url
+        repo = ["--repo", str(where)] if where is not None else []
         return [*self.command, "--config", str(self.config), *repo, *job.args]
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from catalog.errors import Locked, StoreExists, StoreNotFound
+from catalog.keys import NotEncrypted
 from toolkit.lab.corpus import make_volume
 from toolkit.lab.s3 import MotoS3Server
 from toolkit.objstore import (
@@ -518,7 +519,7 @@ def test_bad_input_is_one_line_and_exit_2(lab: Lab, s3_server: MotoS3Server, tmp
         (Toolkit("s3://lab-no-such-bucket-here/dc1"), ("snapshots",), BucketNotFound),  # type: ignore[arg-type]
         (Toolkit(f"s3://{lab.bucket}/empty"), ("snapshots",), StoreNotFound),  # type: ignore[arg-type]
         (lab.toolkit, ("init",), StoreExists),
-        (lab.toolkit, ("key", "list"), RemoteUnsupported),
+        (lab.toolkit, ("key", "list"), NotEncrypted),
     ]
     for toolkit, args, error in cases:
         r = toolkit(*args, json_out=True)
@@ -539,6 +540,18 @@ def test_an_encrypted_repository_in_object_storage(
     assert b"Visio" not in doc and b"appstack-toolkit-snapshot-encrypted" in doc
     other = ("--cache-dir", str(tmp_path / "elsewhere"))
     lab.assert_restores(snap_id, *other)
+    # A slot added through one host's cache is in the bucket: another host opens the repository with it.
+    new = tmp_path / "new-passphrase"
+    new.write_text("battery horse staple correct\n")
+    new.chmod(0o600)
+    r = lab.toolkit("key", "add", "--new-passphrase-file", str(new), json_out=True)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    added = json.loads(r.stdout)["added"]
+    assert lab.toolkit("key", "list", json_out=True).exit_code == 0
+    monkeypatch.setenv("TOOLKIT_PASSPHRASE", "battery horse staple correct")
+    r = lab.toolkit("--cache-dir", str(tmp_path / "fourth"), "key", "list", json_out=True)
+    assert added in [s["id"] for s in json.loads(r.stdout)["slots"]]
+    lab.assert_restores(snap_id, "--cache-dir", str(tmp_path / "fourth"))
     monkeypatch.delenv("TOOLKIT_PASSPHRASE")
     r = lab.toolkit("--cache-dir", str(tmp_path / "third"), "snapshots")
     assert r.exit_code == 2 and "passphrase" in r.stderr

@@ -329,10 +329,6 @@ def test_toolkit_command(tmp_path: Path) -> None:
 
 
 def test_the_cli_command(toolkit: Toolkit, tmp_path: Path) -> None:
-    from toolkit.cli import cli
-
-    if "schedule" not in cli.commands:
-        pytest.skip("toolkit schedule is not wired into toolkit/cli.py yet")
     config = tmp_path / "toolkit.toml"
     config.write_text(f'[sites.lab.datastores.ds1]\npath = "{tmp_path / "ds1"}"\n')
     toolkit("init")
@@ -353,3 +349,16 @@ def test_the_cli_command(toolkit: Toolkit, tmp_path: Path) -> None:
     empty.write_text("")
     r = toolkit("--config", str(empty), "schedule")
     assert r.exit_code == 2 and "sites" in r.stderr
+
+
+def test_jobs_of_a_repository_in_object_storage_name_its_url_and_mount_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "toolkit.toml"
+    config.write_text(f'[sites.lab.datastores.ds1]\npath = "{tmp_path / "ds1"}"\n')
+    data = Toolkit("s3://appstacks-dc1/nightly").json("--config", str(config), "schedule")  # type: ignore[arg-type]
+    snapshot = parse(next(f["text"] for f in data["files"] if f["name"] == "appstack-toolkit-snapshot.service"))
+    argv = exec_argv(snapshot["Service"]["ExecStart"])
+    assert argv[argv.index("--repo") + 1] == "s3://appstacks-dc1/nightly"
+    assert "RequiresMountsFor" not in snapshot["Unit"]
+    assert data["user"] == getpass.getuser()
+    with pytest.raises(ScheduleInvalid):
+        spec(tmp_path, repository=tmp_path / "repo", repository_url="s3://b/p").check()
