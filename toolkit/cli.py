@@ -37,6 +37,7 @@ from toolkit.config import (
 )
 from toolkit.errors import SourceNotDirectory, SourceNotFound
 from toolkit.ops.endpoints import DEFAULT_TIMEOUT_S as CHECK_TIMEOUT_S
+from toolkit.ops.endpoints import CheckRow
 from toolkit.ops.restore import parse_as_of, plan_restore
 from toolkit.ops.restore import restore as restore_job
 from toolkit.ops.snapshot import Source
@@ -763,7 +764,9 @@ def check(c: Ctx, timeout_s: float) -> None:
     App Volumes volumes counted), the SSH host key of each SFTP datastore
     (known, unknown or changed) and the staging datastore of each vSAN
     datastore (a file written there and removed); then the repository (a file
-    created and removed in its tmp/, and who holds its lock). Changes nothing
+    created and removed in its tmp/, and who holds its lock) and, when it is
+    encrypted, whether the passphrase the scheduled jobs get (configuration or
+    environment, never a prompt) opens it. Changes nothing
     else; never shows a secret. Warnings (a held lock, TLS verification off, no
     App Volumes volume found) exit 0.
 
@@ -777,6 +780,8 @@ def check(c: Ctx, timeout_s: float) -> None:
     config = c.config(required=c.repo_path is None)
     repository = c.repo_path or (config.repository if config is not None else None)
     report = check_endpoints(config, repository, timeout_s=timeout_s, allow_other_owner=c.allow_other_owner)
+    if repository is not None and any(r.component == "repository" and r.status != "fail" for r in report.rows):
+        report.rows += _check_passphrase(c, repository, config)
     text = table(rows_text(report.rows), ["COMPONENT", "TARGET", "STATUS", "DETAIL"])
     text += f"\n{report.count('fail')} failed, {report.count('warn')} warning(s), {report.count('ok')} ok"
     fixes = [f"  {r.component} {r.target}: {r.fix}" for r in report.rows if r.fix and r.status != "ok"]
@@ -785,6 +790,33 @@ def check(c: Ctx, timeout_s: float) -> None:
     c.emit(report.to_json(), text)
     if not report.ok:
         sys.exit(1)
+
+
+def _check_passphrase(c: Ctx, repository: Path, config: Config | None) -> list[CheckRow]:
+    """An encrypted repository opens with the passphrase the scheduled jobs get (never a prompt: they have none)."""
+    shown = remote_url(repository) or str(repository)
+    try:
+        local = c.local_root(repository)
+        repo_config = read_config(local)
+        if repo_config.encryption is None:
+            return []
+        file, command = c.passphrase_file, c.passphrase_command
+        source = passphrase_source(file, command, config)
+        if source is None:
+            return [
+                CheckRow(
+                    "passphrase",
+                    shown,
+                    "fail",
+                    "the repository is encrypted and no passphrase source is configured",
+                    "set passphrase_file or passphrase_command in the configuration (or TOOLKIT_PASSPHRASE "
+                    "in /etc/appstack-toolkit/env): scheduled jobs cannot be asked",
+                )
+            ]
+        _keys, slot = unlock_keys(local, repo_config.id, repo_config.encryption, source.get())
+    except Error as exc:
+        return [CheckRow("passphrase", shown, "fail", str(exc), exc.hint_text)]
+    return [CheckRow("passphrase", shown, "ok", f"opens key slot {slot}")]
 
 
 @cli.command()

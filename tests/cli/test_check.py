@@ -435,3 +435,37 @@ def test_an_object_storage_repository_is_read_written_and_its_lock_reported(s3_e
     assert (
         row["status"] == "warn" and "locked by snapshot of appstack (pid 4242 on backup2.example.com" in row["detail"]
     )
+
+
+def test_an_encrypted_repository_opens_with_the_passphrase_the_jobs_get(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds1 = tmp_path / "ds1"
+    make_store(ds1)
+    monkeypatch.setenv("TOOLKIT_TESTONLY_WEAKEN_KDF", "1")
+    monkeypatch.delenv("TOOLKIT_PASSPHRASE", raising=False)
+    secret = "pass-" + secrets.token_hex(8)
+    pfile = tmp_path / "passphrase"
+    pfile.write_text(secret + "\n")
+    pfile.chmod(0o600)
+    cfg = write_config(tmp_path, local_datastore("ds1", ds1))
+    r = run_toolkit("--config", str(cfg), "--passphrase-file", str(pfile), "init", "--encryption", "aes-256-gcm")
+    assert r.returncode == 0, r.stderr
+
+    rc, report, text = check(cfg)  # no source: the nightly job could not open it
+    assert rc == 1 and secret not in text
+    row = one(report, "passphrase")
+    assert row["status"] == "fail" and "passphrase_file" in row["fix"]
+
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not it\n")
+    wrong.chmod(0o600)
+    cfg.write_text(f'passphrase_file = "{wrong}"\n' + cfg.read_text())  # top level, before any table
+    rc, report, text = check(cfg)
+    assert rc == 1
+    row = one(report, "passphrase")
+    assert row["status"] == "fail" and "opens none of the 1 key slot(s)" in row["detail"], row
+    cfg.write_text(cfg.read_text().replace(str(wrong), str(pfile)))
+    rc, report, text = check(cfg)
+    assert rc == 0, report
+    assert one(report, "passphrase")["status"] == "ok" and secret not in text

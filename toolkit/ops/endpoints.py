@@ -4,8 +4,9 @@ What is tested, per site: the App Volumes Manager (version, then a login), vCent
 (a login and its datastores), every datastore through its transport (opened and
 listed; the App Volumes folders counted), the SSH host key of every SFTP
 datastore (known, unknown or changed, against its known_hosts), and the staging
-datastore of every vSAN datastore (a dot file written and removed at its root);
-then the repository (a file created and removed in its ``tmp/``, and who holds
+datastore of every vSAN datastore (a dot file written and removed at its root),
+and the copy host of vSAN datastores that have one (a login, and both the vSAN and
+the staging datastore mounted there); then the repository (a file created and removed in its ``tmp/``, and who holds
 its lock). Nothing else is written anywhere.
 
 Each endpoint runs in its own thread with short timeouts, so one host that does
@@ -36,7 +37,16 @@ from catalog.errors import Error
 from catalog.lock import read_lock
 from catalog.remote import WRITER, parse_lock
 from catalog.repo import read_config
-from toolkit.config import Config, DatastoreConfig, ManagerConfig, Secret, SecretUnavailable, SiteConfig, TlsConfig
+from toolkit.config import (
+    Config,
+    CopyHostConfig,
+    DatastoreConfig,
+    ManagerConfig,
+    Secret,
+    SecretUnavailable,
+    SiteConfig,
+    TlsConfig,
+)
 from toolkit.objstore import ObjectNotFound
 from toolkit.progress import human_bytes
 from toolkit.s3repo import open_store, remote_url
@@ -59,7 +69,7 @@ Status = Literal["ok", "warn", "fail"]
 
 @dataclass(frozen=True, slots=True)
 class CheckRow:
-    component: str  # manager | vcenter | datastore | ssh host key | staging | repository
+    component: str  # manager | vcenter | datastore | ssh host key | staging | copy host | repository
     target: str
     status: Status
     detail: str
@@ -184,6 +194,16 @@ def _site_groups(site: SiteConfig, timeout_s: float) -> list[_Group]:
         expected += [("datastore", _ds_target(site, d)) for d in http]
         expected += [("staging", _staging_target(site, d)) for d in vsan]
         groups.append(_Group(expected, lambda g: _check_vcenter(g, site, http, vsan, timeout_s)))
+    served: dict[str, tuple[CopyHostConfig, list[DatastoreConfig]]] = {}
+    for ds in vsan:
+        host = site.copy_host_of(ds)
+        if host is not None:
+            served.setdefault(host.where, (host, []))[1].append(ds)
+    for host, stores in served.values():
+        expected = [("copy host", _copy_host_target(site, d, host)) for d in stores]
+        groups.append(
+            _Group(expected, partial(_check_copy_host, site=site, host=host, stores=stores, timeout_s=timeout_s))
+        )
     for ds in site.datastores:
         if ds.transport == "sftp":
             expected = [("ssh host key", _ssh_target(site, ds)), ("datastore", _ds_target(site, ds))]
@@ -204,6 +224,10 @@ def _ssh_target(site: SiteConfig, ds: DatastoreConfig) -> str:
 
 def _staging_target(site: SiteConfig, ds: DatastoreConfig) -> str:
     return f"{site.name}/{ds.name} -> {ds.staging or '(none)'}"
+
+
+def _copy_host_target(site: SiteConfig, ds: DatastoreConfig, host: CopyHostConfig) -> str:
+    return f"{site.name}/{ds.name}: {redact_url(host.url)}"
 
 
 # -- text helpers ------------------------------------------------------------------------------------------------
@@ -529,7 +553,84 @@ def _check_staging(
             "give its user write access",
         )
         return
-    g.add("staging", target, "ok", f"{info.type} datastore, {space}; a file was written and removed")
+    detail = f"{info.type} datastore, {space}; a file was written and removed"
+    if site.copy_host_of(ds) is None:
+        detail += "; vCenter makes the copies, thick (the largest vSAN disk's full size must be free there)"
+    g.add("staging", target, "ok", detail)
+
+
+# -- the copy host of vSAN datastores --------------------------------------------------------------------------
+
+
+def _check_copy_host(
+    g: _Group, site: SiteConfig, host: CopyHostConfig, stores: list[DatastoreConfig], timeout_s: float
+) -> None:
+    """An ESXi host logged into directly: it takes the login, and mounts each vSAN datastore and its staging."""
+    from toolkit.ops.vsan import CopyHostUnsuitable, check_copy_host
+    from toolkit.vsphere import (
+        VsphereCertificateMismatch,
+        VsphereConfig,
+        VsphereLoginFailed,
+        VsphereTlsFailed,
+        VsphereUnreachable,
+        connect,
+    )
+
+    first = _copy_host_target(site, stores[0], host)
+    password = _get_secret(g, host.password, host.where, "copy host", first)
+    if password is None:
+        return
+    settings = VsphereConfig(
+        host.url,
+        host.user,
+        password,
+        None,
+        host.tls.ca_bundle,
+        host.tls.thumbprint_sha256,
+        timeout_s=timeout_s,
+        server="ESXi host",
+    )
+    try:
+        client = connect(settings)
+    except VsphereLoginFailed as exc:
+        g.add(
+            "copy host",
+            first,
+            "fail",
+            str(exc),
+            f"check user = {host.user!r} in {host.where} and the password in {secret_source(host.password)}",
+        )
+    except (VsphereTlsFailed, VsphereCertificateMismatch) as exc:
+        pinned = host.tls.thumbprint_sha256 is not None
+        g.add(
+            "copy host", first, "fail", str(exc), _tls_fix(host.url, "ESXi host", host.where, timeout_s, pinned=pinned)
+        )
+    except VsphereUnreachable as exc:
+        g.add(
+            "copy host",
+            first,
+            "fail",
+            f"cannot be reached: {_network_reason(exc, timeout_s)}",
+            f"check url in {host.where}, the network path, and that the host's management service (hostd) runs",
+        )
+    else:
+        with client:
+            for ds in stores:
+                target = _copy_host_target(site, ds, host)
+                try:
+                    check_copy_host(client, ds.name, ds.staging)
+                except CopyHostUnsuitable as exc:
+                    g.add("copy host", target, "fail", str(exc), exc.hint_text)
+                    continue
+                g.add(
+                    "copy host",
+                    target,
+                    "ok",
+                    f"logged in as {host.user}; mounts {ds.name} and {ds.staging or '(no staging)'}: "
+                    "the staging copies are thin",
+                )
+        return
+    g.fail_rest("not checked: the copy host login failed")
 
 
 def _open_transport(
