@@ -19,7 +19,7 @@ import click
 from catalog.check import FileToCheck, verify_files
 from catalog.check import verify as verify_repo
 from catalog.crypto import CIPHERS, RepoKeys
-from catalog.errors import Error, StoreFull
+from catalog.errors import Error, StoreFull, StoreNotFound
 from catalog.keys import DEFAULT_KDF, TEST_KDF, KdfParams, NotEncrypted, PassphraseRequired, unlocked
 from catalog.keys import unlock as unlock_keys
 from catalog.lock import break_lock
@@ -1348,6 +1348,20 @@ def restore_details(v: dict[str, Any]) -> str:
     return "".join("\n" + line for line in lines)
 
 
+@contextlib.contextmanager
+def _copy_destination(c: Ctx, dest: Path, chunk_size: int, dry_run: bool) -> Iterator[Repository]:
+    """The repository to copy into; a missing one is named with the init line that makes a fitting one."""
+    from toolkit.ops.copy import CopyDestinationMissing
+
+    with contextlib.ExitStack() as stack:
+        try:
+            dst = stack.enter_context(c.open(readonly=dry_run, root=dest))
+        except StoreNotFound:
+            size = f"{chunk_size >> 20}M" if chunk_size >= 1 << 20 else f"{chunk_size >> 10}K"
+            raise CopyDestinationMissing(path=remote_url(dest) or dest, chunk_size=size) from None
+        yield dst
+
+
 @cli.command("copy")
 @click.option("--from", "source", type=REPO_TYPE, metavar="REPO", help="The repository to copy from (default: --repo).")
 @click.option("--to", "dest", type=REPO_TYPE, required=True, metavar="REPO", help="The repository to copy into.")
@@ -1410,7 +1424,7 @@ def copy_cmd(
         if file is not None or command is not None:
             c.passphrase_sources[root] = (file, command)
     progress = c.progress("copy")
-    with c.open(root=src_root) as src, c.open(readonly=dry_run, root=dest) as dst:
+    with c.open(root=src_root) as src, _copy_destination(c, dest, src.config.chunk_size, dry_run) as dst:
         when = parse_as_of(as_of, src) if as_of else None
         with contextlib.ExitStack() as stack:
             if not dry_run:

@@ -24,7 +24,7 @@ from catalog.lock import writer_lock
 from catalog.repo import Repository, read_pack_index
 from catalog.types import TYPE_DATA
 from toolkit.lab.corpus import make_volume
-from toolkit.ops.copy import ChunkSizeMismatch, CopyToItself
+from toolkit.ops.copy import ChunkSizeMismatch, CopyDestinationMissing, CopyToItself
 
 from ..conftest import Toolkit
 from .test_crash import driver_command
@@ -370,8 +370,12 @@ def test_progress_events_and_refusals(site: Site, tmp_path: Path) -> None:
     assert status == {f"ds1/{APPS}/{n}.vmdk@{first_id[:12]}": "copied" for n in NAMES}
 
     missing = site.repo("--json", "copy", "--to", str(tmp_path / "nowhere"))
-    assert missing.exit_code == StoreNotFound.exit_code == 2
-    assert json.loads(missing.stdout)["code"] == "store_not_found"
+    assert missing.exit_code == CopyDestinationMissing.exit_code == 2
+    assert json.loads(missing.stdout)["code"] == "copy_destination_missing"
+    assert f"toolkit --repo {tmp_path / 'nowhere'} init --chunk-size 64K" in json.loads(missing.stdout)["hint"]
+    assert not (tmp_path / "nowhere").exists()
+    gone_source = Toolkit(tmp_path / "no-source")("copy", "--to", str(site.repo.repo))
+    assert gone_source.exit_code == StoreNotFound.exit_code == 2 and "no repository at" in gone_source.stderr
     itself = site.repo("copy", "--to", str(site.repo.repo))
     assert itself.exit_code == CopyToItself.exit_code == 2 and "same repository" in itself.stderr
     coarse = Toolkit(tmp_path / "coarse")

@@ -58,6 +58,15 @@ class ChunkSizeMismatch(Error):
     code = "chunk_size_mismatch"
 
 
+class CopyDestinationMissing(Error):
+    template = "no repository at {path} to copy into"
+    hint = (
+        "create it first, with the source's chunk size: toolkit --repo {path} init --chunk-size {chunk_size}"
+        " (add --encryption aes-256-gcm for an encrypted copy)"
+    )
+    code = "copy_destination_missing"
+
+
 class CopyToItself(Error):
     template = "--from and --to are the same repository ({path})"
     hint = "copy into another repository, created with: toolkit --repo DEST init"
