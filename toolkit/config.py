@@ -118,6 +118,17 @@ class VcenterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CopyHostConfig:
+    """An ESXi host logged into directly, whose VirtualDiskManager makes thin copies of vSAN disks."""
+
+    url: str
+    user: str
+    password: Secret
+    tls: TlsConfig
+    where: str  # the table it came from, for messages: [sites.dc1.copy_host]
+
+
+@dataclass(frozen=True, slots=True)
 class DatastoreConfig:
     name: str
     transport: Literal["local", "sftp", "http"]
@@ -131,6 +142,7 @@ class DatastoreConfig:
     vsan: bool = False
     staging: str | None = None  # datastore name used to stage copies of vSAN disks
     host_hashing: bool = True  # sftp: hash on the host, send only blocks the repository lacks
+    copy_host: CopyHostConfig | None = None  # vSAN: the host that copies its disks (else the site's, else vCenter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +154,11 @@ class SiteConfig:
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     writables: Literal["skip", "copy", "disable"] = "skip"
+    copy_host: CopyHostConfig | None = None  # copies the disks of its vSAN datastores that name none of their own
+
+    def copy_host_of(self, ds: DatastoreConfig) -> CopyHostConfig | None:
+        """The ESXi host that copies the disks of vSAN datastore ``ds``; None: vCenter does (thick copies)."""
+        return (ds.copy_host or self.copy_host) if ds.vsan else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,10 +314,13 @@ class _Reader:
                 self.text(v, "datacenter", w, "DC0") or "DC0",
                 self.tls(v, w),
             )
+        copy_host = self.copy_host(raw, where)
         stores = self.table(raw.get("datastores", {}), f"{where}.datastores")
         datastores = tuple(self.datastore(name, ds_name, ds) for ds_name, ds in stores.items())
         if not datastores:
             raise self.fail(where, "no datastores configured")
+        if copy_host is not None and not any(d.vsan for d in datastores):
+            raise self.fail(copy_host.where, "a copy host only serves vSAN datastores (vsan = true); the site has none")
         if any(d.transport == "http" for d in datastores) and vcenter is None:
             raise self.fail(where, 'a datastore with transport = "http" needs a [vcenter] for the site')
         self.check_staging(where, datastores, vcenter)
@@ -311,7 +331,19 @@ class _Reader:
         exclude = raw.get("exclude", [])
         if not all(isinstance(x, str) for x in [*include, *exclude]):
             raise self.fail(where, "include and exclude are lists of glob strings")
-        return SiteConfig(name, manager, vcenter, datastores, tuple(include), tuple(exclude), writables)
+        return SiteConfig(name, manager, vcenter, datastores, tuple(include), tuple(exclude), writables, copy_host)
+
+    def copy_host(self, raw: dict[str, Any], where: str) -> CopyHostConfig | None:
+        """The ``copy_host`` table of a site or a datastore: an ESXi host's URL, login and TLS trust."""
+        if "copy_host" not in raw:
+            return None
+        w = f"{where[:-1]}.copy_host]"  # [sites.dc1] → [sites.dc1.copy_host]
+        h = self.table(raw["copy_host"], w)
+        unknown = set(h) - {"url", "user", "password", "password_env", "password_file", "password_command"}
+        unknown -= {"tls_verify", "ca_bundle", "thumbprint_sha256"}
+        if unknown:
+            raise self.fail(w, f"unknown key(s): {', '.join(sorted(unknown))}")
+        return CopyHostConfig(self.text(h, "url", w), self.text(h, "user", w), self.secret(h, w), self.tls(h, w), w)
 
     def check_staging(self, where: str, datastores: tuple[DatastoreConfig, ...], vcenter: VcenterConfig | None) -> None:
         """vSAN copies go through vCenter onto another configured, non-vSAN datastore of the same site."""
@@ -346,12 +378,15 @@ class _Reader:
         if transport not in TRANSPORTS:
             raise self.fail(where, f"transport must be one of {', '.join(TRANSPORTS)}")
         vsan, staging = self.vsan_fields(raw, where)
+        copy_host = self.copy_host(raw, where)
+        if copy_host is not None and not vsan:
+            raise self.fail(copy_host.where, "a copy host only applies to a vSAN datastore (vsan = true)")
         if transport == "local":
             if vsan or staging is not None:
                 raise self.fail(where, 'vsan and staging need transport = "http" or "sftp" (vSAN cannot be mounted)')
             return DatastoreConfig(name, "local", str(Path(self.text(raw, "path", where)).expanduser()))
         if transport == "http":
-            return DatastoreConfig(name, "http", "", vsan=vsan, staging=staging)
+            return DatastoreConfig(name, "http", "", vsan=vsan, staging=staging, copy_host=copy_host)
         port = raw.get("port", 22)
         if not isinstance(port, int) or not 0 < port < 65536:
             raise self.fail(where, "port must be a TCP port number")
@@ -373,6 +408,7 @@ class _Reader:
             vsan=vsan,
             staging=staging,
             host_hashing=bool(raw.get("host_hashing", True)),
+            copy_host=copy_host,
         )
 
 
@@ -419,4 +455,10 @@ path = "/vmfs/volumes/appstacks-vmfs"
 # transport = "http"               # lists the vSAN namespace (descriptors and sidecars)
 # vsan = true                      # disks are objects: copied through vCenter to the staging datastore
 # staging = "appstacks-vmfs"       # a VMFS or NFS datastore of this site with room for the largest disk
+
+# [sites.dc1.copy_host]            # an ESXi host of the vSAN cluster that also mounts the staging datastore:
+# url = "https://esxi01.dc1.example.com"   # it makes the staging copies thin (through vCenter they are thick)
+# user = "svc-appstack-backup"
+# password_env = "TOOLKIT_DC1_ESXI_PASSWORD"
+# thumbprint_sha256 = "ab:cd:..."  # ESXi certificates are often self-signed: pin it
 """

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from catalog.errors import Error
 from toolkit.avm import AvmClient, AvmVolume
-from toolkit.config import Config, DatastoreConfig, ManagerConfig, SiteConfig, TlsConfig
+from toolkit.config import Config, CopyHostConfig, DatastoreConfig, ManagerConfig, SiteConfig, TlsConfig
 from toolkit.ops.snapshot import Source, Stager, WritableSwitch
 from toolkit.transports.base import Transport
 from toolkit.transports.local import LocalTransport
@@ -57,6 +57,40 @@ def vcenter_client(site: SiteConfig, stack: ExitStack) -> Any:
     return cache[site.name]
 
 
+def copy_host_client(host: CopyHostConfig, stack: ExitStack) -> Any:
+    """One logged-in session on a copy host (an ESXi host) per ExitStack (closed with it)."""
+    from toolkit.vsphere import VsphereConfig, connect
+
+    cache: dict[str, Any] = stack.__dict__.setdefault("_toolkit_copy_hosts", {})
+    if host.where not in cache:
+        client = connect(
+            VsphereConfig(
+                host.url,
+                host.user,
+                host.password.get(),
+                None,  # a host has one datacenter
+                host.tls.ca_bundle,
+                host.tls.thumbprint_sha256,
+                server="ESXi host",
+            )
+        )
+        stack.callback(client.close)
+        cache[host.where] = client
+    return cache[host.where]
+
+
+def open_copy_host(site: SiteConfig, ds: DatastoreConfig, staging: DatastoreConfig, stack: ExitStack) -> Any:
+    """The copy host of vSAN datastore ``ds``, checked to mount it and ``staging``; None: vCenter copies."""
+    from toolkit.ops.vsan import check_copy_host
+
+    host = site.copy_host_of(ds)
+    if host is None:
+        return None
+    client = copy_host_client(host, stack)
+    check_copy_host(client, ds.name, staging.name)
+    return client
+
+
 def open_transport(site: SiteConfig, ds: DatastoreConfig, stack: ExitStack) -> Transport:
     """A transport for one configured datastore; closed when ``stack`` closes."""
     if ds.transport == "local":
@@ -90,7 +124,8 @@ def open_stager(site: SiteConfig, ds: DatastoreConfig, stack: ExitStack) -> Stag
     staging = next(d for d in site.datastores if d.name == ds.staging)  # the configuration checked it is there
     try:
         client = vcenter_client(site, stack)
-        area = StagingArea(client, staging.name, open_transport(site, staging, stack))
+        copy_host = open_copy_host(site, ds, staging, stack)
+        area = StagingArea(client, staging.name, open_transport(site, staging, stack), copy_host=copy_host)
     except Error as exc:
         return BrokenStager(staging.name, exc)  # each vSAN volume fails with this reason; the run goes on
     stack.callback(area.close)
@@ -109,7 +144,8 @@ def vsan_destination(
         raise VsanNoStaging(datastore=ds.name)
     staging = next(d for d in site.datastores if d.name == ds.staging)
     client = vcenter_client(site, stack)
-    area = StagingArea(client, staging.name, open_transport(site, staging, stack))
+    copy_host = open_copy_host(site, ds, staging, stack)
+    area = StagingArea(client, staging.name, open_transport(site, staging, stack), copy_host=copy_host)
     stack.callback(area.close)
     return VsanDestination(client, ds.name, namespace, area)
 

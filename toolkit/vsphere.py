@@ -1,4 +1,4 @@
-"""vCenter through pyvmomi, behind the narrow :class:`VsphereClient` Protocol.
+"""vCenter (or one ESXi host) through pyvmomi, behind the narrow :class:`VsphereClient` Protocol.
 
 Callers get dataclasses and :class:`catalog.errors.Error` subclasses; pyvmomi,
 ``ssl`` and socket exceptions are translated once, here, and nothing above this
@@ -16,6 +16,12 @@ module sees a vim type.
 - Datastore paths are written ``[datastore] folder/file``; the root of a
   datastore is ``[datastore]``. Files are named relative to the datastore
   root, "/"-separated, as the transports name them.
+- The same client logs into an ESXi host directly (``VsphereConfig.server =
+  "ESXi host"``, no datacenter: a host has one, ``ha-datacenter``). That is
+  what makes a disk copy thin: :meth:`PyvmomiClient.copy_virtual_disk` always
+  asks for a thin destination (``destSpec`` with ``diskType="thin"``); a host
+  honours it, vCenter refuses any ``destSpec`` (``NotImplemented``), and the
+  copy is then made without one, which vCenter preallocates (thick).
 """
 
 from __future__ import annotations
@@ -51,9 +57,13 @@ TASK_POLL_FIRST_S: Final = 0.01  # vcsim and small tasks finish in milliseconds
 TASK_POLL_MAX_S: Final = 1.0  # long tasks: one PropertyCollector call a second is cheap for vCenter
 SESSION_COOKIE: Final = "vmware_soap_session"  # the SOAP session cookie datastore HTTP accepts
 GLOB_CHARS: Final = frozenset("*?[]\\")  # a file name with these cannot be a literal matchPattern
+ADAPTER_TYPES: Final = ("ide", "busLogic", "lsiLogic")  # what a VirtualDiskSpec's adapterType accepts
+DEFAULT_ADAPTER_TYPE: Final = "lsiLogic"  # for a descriptor that names none: the usual SCSI controller
+VCENTER: Final = "vCenter"  # how messages name the server a VsphereConfig logs into, unless told otherwise
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _COLLECTOR: Any = vmodl.query.PropertyCollector  # pyvmomi's data-object constructors carry no annotations
 _BROWSER: Any = vim.host.DatastoreBrowser
+_DISK_MANAGER: Any = vim.VirtualDiskManager
 _DATASTORE_PATH = re.compile(r"^\[(?P<ds>[^\]]+)\]\s*(?P<path>.*)$")
 
 
@@ -67,46 +77,46 @@ class VsphereConfigInvalid(Error):
 
 
 class VsphereUnreachable(Error):
-    template = "vCenter at {url} cannot be reached: {detail}"
-    hint = "check the URL, DNS, the network path and that the vCenter services run"
+    template = "{server} at {url} cannot be reached: {detail}"
+    hint = "check the URL, DNS, the network path and that the vCenter services (on a host: hostd) run"
     code = "vsphere_unreachable"
 
 
 class VsphereTlsFailed(Error):
-    template = "TLS with vCenter at {url} failed: {detail}"
+    template = "TLS with {url} failed: {detail}"
     hint = (
-        "give the CA that signed the vCenter certificate as the CA bundle, "
+        "give the CA that signed the server's certificate as the CA bundle, "
         "or pin its SHA-256 thumbprint (openssl x509 -noout -fingerprint -sha256)"
     )
     code = "vsphere_tls_failed"
 
 
 class VsphereCertificateMismatch(Error):
-    template = "vCenter at {url} presented a certificate with SHA-256 {actual}, not the pinned {expected}"
+    template = "{server} at {url} presented a certificate with SHA-256 {actual}, not the pinned {expected}"
     hint = "if the certificate was replaced on purpose, pin the new thumbprint; otherwise treat this as an attack"
     code = "vsphere_certificate_mismatch"
 
 
 class VsphereLoginFailed(Error):
-    template = "vCenter at {url} refused the login of {user!r}"
+    template = "{server} at {url} refused the login of {user!r}"
     hint = "check the user name (user@domain) and the password"
     code = "vsphere_login_failed"
 
 
 class VsphereNotAuthenticated(Error):
-    template = "vCenter at {url} no longer knows this session ({action})"
+    template = "{server} at {url} no longer knows this session ({action})"
     hint = "the session timed out or was ended by an administrator; run the command again"
     code = "vsphere_not_authenticated"
 
 
 class VsphereNoPermission(Error):
-    template = "vCenter refused {action}: {user!r} lacks a privilege ({detail})"
+    template = "{server} refused {action}: {user!r} lacks a privilege ({detail})"
     hint = "grant the role Datastore.Browse, Datastore.FileManagement and VirtualMachine.Provisioning privileges"
     code = "vsphere_no_permission"
 
 
 class VsphereDatacenterNotFound(Error):
-    template = "vCenter at {url} has no datacenter {name!r} (it has: {known})"
+    template = "{server} at {url} has no datacenter {name!r} (it has: {known})"
     hint = "name one of the listed datacenters in the vSphere settings"
     code = "vsphere_datacenter_not_found"
 
@@ -139,20 +149,27 @@ class DatastoreFileExists(Error):
 
 class DatastoreNoSpace(Error):
     template = "datastore {datastore} has no space to {action}"
-    hint = "free space on the datastore, or name one with more room (a staging copy needs the disk's full size)"
+    hint = "free space on the datastore, or name one with more room (a thick staging copy needs the disk's full size)"
     code = "vsphere_datastore_no_space"
     exit_code = 1
 
 
+class VsphereNotImplemented(Error):
+    template = "{server} does not implement {action}"
+    hint = "this needs an ESXi host or vCenter version that offers it"
+    code = "vsphere_not_implemented"
+    exit_code = 1
+
+
 class VsphereTaskFailed(Error):
-    template = "vCenter could not {action}: {detail}"
+    template = "{server} could not {action}: {detail}"
     hint = "see the task in the vSphere Client (Monitor > Tasks) for the full error"
     code = "vsphere_task_failed"
     exit_code = 1
 
 
 class VsphereTaskTimeout(Error):
-    template = "vCenter did not finish {action} within {timeout_s:.0f} s"
+    template = "{server} did not finish {action} within {timeout_s:.0f} s"
     hint = "the task may still be running; see Monitor > Tasks in the vSphere Client"
     code = "vsphere_task_timeout"
     exit_code = 1
@@ -184,6 +201,7 @@ class VsphereConfig:
     ca_bundle: Path | None = None
     thumbprint_sha256: str | None = None  # pins the certificate; "AB:CD:…" or plain hex
     timeout_s: float = SOAP_TIMEOUT_S
+    server: str = VCENTER  # how messages name it: "vCenter", or "ESXi host" for a host logged into directly
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +248,7 @@ class VsphereClient(Protocol):
         self, datastore: str, folder: str = "", pattern: str = "*", *, recursive: bool = True
     ) -> list[DatastoreFile]: ...
 
-    def copy_virtual_disk(self, source: str, dest: str) -> None: ...
+    def copy_virtual_disk(self, source: str, dest: str, *, adapter_type: str = DEFAULT_ADAPTER_TYPE) -> None: ...
 
     def delete_virtual_disk(self, path: str, *, missing_ok: bool = False) -> None: ...
 
@@ -286,15 +304,24 @@ def mtime_ns_of(moment: datetime | None) -> int:
     return ((moment - _EPOCH) // timedelta(microseconds=1)) * 1000
 
 
-def folder_of_result(datastore: str, folder_path: str) -> str:
+def folder_of_result(datastore: str, folder_path: str, *, server: str = VCENTER) -> str:
     """The folder, relative to the root, of a search result's ``folderPath``.
 
     vCenter writes ``[ds] a/b/``; vcsim writes ``[ds]/a/b``.
     """
     name, rest = parse_datastore_path(folder_path)
     if name != datastore:
-        raise VsphereTaskFailed(action=f"browse [{datastore}]", detail=f"a result for another datastore: {folder_path}")
+        raise VsphereTaskFailed(
+            server=server, action=f"browse [{datastore}]", detail=f"a result for another datastore: {folder_path}"
+        )
     return rest
+
+
+def thin_disk_spec(adapter_type: str) -> Any:
+    """The ``destSpec`` of a thin copy: diskType "thin" and the source's adapter type."""
+    if adapter_type not in ADAPTER_TYPES:  # callers map a descriptor's value first: this is a bug
+        raise ValueError(adapter_type)
+    return _DISK_MANAGER.VirtualDiskSpec(diskType="thin", adapterType=adapter_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,14 +401,19 @@ class PyvmomiClient:
     def __init__(self, si: Any, config: VsphereConfig, target: _Target, tls: TlsPolicy | None) -> None:
         self._si = si
         self._config = config
+        self._server = config.server
         self._target = target
         self._tls = tls
         self._lock = threading.Lock()
         self._datastore_refs: dict[str, Any] = {}
+        self._dest_spec_refused = False  # vCenter answered NotImplemented to a destSpec: copies go without one
         self._dc, self._dc_path = self._find_datacenter(config.datacenter)
 
     def __repr__(self) -> str:
-        return f"PyvmomiClient(url={self._target.url!r}, user={self._config.user!r}, datacenter={self._dc_path!r})"
+        return (
+            f"PyvmomiClient(server={self._server!r}, url={self._target.url!r}, user={self._config.user!r}, "
+            f"datacenter={self._dc_path!r})"
+        )
 
     def __enter__(self) -> Self:
         return self
@@ -394,6 +426,16 @@ class PyvmomiClient:
     @property
     def datacenter(self) -> str:
         return str(self._dc.name)
+
+    @property
+    def url(self) -> str:
+        """The URL as configured (no credentials), for messages."""
+        return self._target.url
+
+    @property
+    def server(self) -> str:
+        """What this client logged into, for messages: "vCenter" or "ESXi host"."""
+        return self._server
 
     @property
     def http(self) -> HttpEndpoint:
@@ -415,7 +457,7 @@ class PyvmomiClient:
     @property
     def _content(self) -> Any:
         if self._si is None:
-            raise VsphereNotAuthenticated(url=self._target.url, action="the client was closed")
+            raise VsphereNotAuthenticated(server=self._server, url=self._target.url, action="the client was closed")
         return self._si.content
 
     @contextlib.contextmanager
@@ -428,16 +470,19 @@ class PyvmomiClient:
         except vmodl.MethodFault as fault:
             raise self._fault_error(action, fault) from fault
         except (OSError, http.client.HTTPException) as exc:
-            raise _network_error(self._target.url, exc) from exc
+            raise _network_error(self._server, self._target.url, exc) from exc
 
     def _fault_error(self, action: str, fault: Any) -> Error:
         detail = _fault_text(fault)
+        server = self._server
         if isinstance(fault, vim.fault.InvalidLogin):
-            return VsphereLoginFailed(url=self._target.url, user=self._config.user)
+            return VsphereLoginFailed(server=server, url=self._target.url, user=self._config.user)
         if isinstance(fault, vim.fault.NotAuthenticated):
-            return VsphereNotAuthenticated(url=self._target.url, action=action)
+            return VsphereNotAuthenticated(server=server, url=self._target.url, action=action)
         if isinstance(fault, vim.fault.NoPermission):
-            return VsphereNoPermission(action=action, user=self._config.user, detail=detail)
+            return VsphereNoPermission(server=server, action=action, user=self._config.user, detail=detail)
+        if isinstance(fault, vmodl.fault.NotImplemented):
+            return VsphereNotImplemented(server=server, action=action)
         if isinstance(fault, vim.fault.NoDiskSpace):
             return DatastoreNoSpace(datastore=getattr(fault, "datastore", "") or "?", action=action)
         if isinstance(fault, vim.fault.FileNotFound):
@@ -448,7 +493,7 @@ class PyvmomiClient:
             return VsphereBadDatastorePath(path=getattr(fault, "datastorePath", None) or detail)
         if isinstance(fault, vim.fault.InvalidDatastore):
             return VsphereDatastoreNotFound(datacenter=self._dc_path, name=getattr(fault, "name", None) or detail)
-        return VsphereTaskFailed(action=action, detail=detail)
+        return VsphereTaskFailed(server=server, action=action, detail=detail)
 
     def _wait(self, task: Any, action: str, timeout_s: float = TASK_TIMEOUT_S) -> Any:
         """The result of ``task``, read through the PropertyCollector; an Error if it failed."""
@@ -469,7 +514,7 @@ class PyvmomiClient:
             if state == vim.TaskInfo.State.error:
                 raise self._fault_error(action, values.get("info.error"))
             if time.monotonic() > deadline:
-                raise VsphereTaskTimeout(action=action, timeout_s=timeout_s)
+                raise VsphereTaskTimeout(server=self._server, action=action, timeout_s=timeout_s)
             time.sleep(delay)
             delay = min(delay * 2, TASK_POLL_MAX_S)
 
@@ -486,7 +531,7 @@ class PyvmomiClient:
                 return dc, path
         known = ", ".join(sorted(path for _, path in found)) or "none"
         name = wanted if wanted is not None else "(not given, and there is not exactly one)"
-        raise VsphereDatacenterNotFound(url=self._target.url, name=name, known=known)
+        raise VsphereDatacenterNotFound(server=self._server, url=self._target.url, name=name, known=known)
 
     def _datastore_ref(self, name: str) -> Any:
         ref = self._datastore_refs.get(name)
@@ -511,14 +556,14 @@ class PyvmomiClient:
                     except vim.fault.NotAuthenticated:
                         alive = False
                     if not alive:
-                        log.info("vCenter session at %s ended; logging in again", self._target.url)
+                        log.info("%s session at %s ended; logging in again", self._server, self._target.url)
                         self._content.sessionManager.Login(self._config.user, self._config.password)
             raw = str(self._si._stub.cookie if self._si is not None else "")
         for part in raw.split(";"):
             name, _, value = part.strip().partition("=")
             if name == SESSION_COOKIE and value:
                 return f"{SESSION_COOKIE}={value}"
-        raise VsphereNotAuthenticated(url=self._target.url, action="read the session cookie")
+        raise VsphereNotAuthenticated(server=self._server, url=self._target.url, action="read the session cookie")
 
     def datastores(self) -> list[DatastoreInfo]:
         """Every datastore of the datacenter, by name."""
@@ -563,7 +608,7 @@ class PyvmomiClient:
         results = list(result) if recursive else ([result] if result is not None else [])
         files = []
         for item in results:
-            base = folder_of_result(datastore, str(item.folderPath))
+            base = folder_of_result(datastore, str(item.folderPath), server=self._server)
             for info in item.file or []:
                 if isinstance(info, vim.host.DatastoreBrowser.FolderInfo):
                     continue
@@ -577,17 +622,32 @@ class PyvmomiClient:
                 )
         return sorted(files, key=lambda f: f.path)
 
-    def copy_virtual_disk(self, source: str, dest: str) -> None:
-        """Copy a virtual disk (descriptor and extents) and wait; the destination folder must exist.
+    def copy_virtual_disk(self, source: str, dest: str, *, adapter_type: str = DEFAULT_ADAPTER_TYPE) -> None:
+        """Copy a virtual disk (descriptor and extents) as a thin disk and wait; the destination folder must exist.
 
-        Through vCenter the copy is preallocated (thick) whatever the source was.
+        ``adapter_type`` is the source's (one of :data:`ADAPTER_TYPES`); the copy's descriptor gets it.
+        An ESXi host makes the copy thin. vCenter refuses the thin ``destSpec`` (NotImplemented): the
+        copy is then made without one, and is preallocated (thick) whatever the source was; this
+        client remembers that and asks vCenter no more.
         """
         parse_datastore_path(source)
         parse_datastore_path(dest)
+        spec = thin_disk_spec(adapter_type)
         action = f"copy virtual disk {source} to {dest}"
+        if not self._dest_spec_refused:
+            try:
+                self._copy(source, dest, spec, action)
+            except VsphereNotImplemented:
+                self._dest_spec_refused = True
+                log.info("%s at %s refuses a thin destSpec; its disk copies are thick", self._server, self.url)
+            else:
+                return
+        self._copy(source, dest, None, action)
+
+    def _copy(self, source: str, dest: str, spec: Any, action: str) -> None:
         with self._faults(action):
             task = self._content.virtualDiskManager.CopyVirtualDisk_Task(
-                sourceName=source, sourceDatacenter=self._dc, destName=dest, destDatacenter=self._dc
+                sourceName=source, sourceDatacenter=self._dc, destName=dest, destDatacenter=self._dc, destSpec=spec
             )
         self._wait(task, action)
 
@@ -659,17 +719,17 @@ def _fault_text(fault: Any) -> str:
     return "; ".join([*messages, msg] if msg else messages) or kind
 
 
-def _network_error(url: str, exc: BaseException) -> Error:
+def _network_error(server: str, url: str, exc: BaseException) -> Error:
     if isinstance(exc, CertificatePinMismatch):
-        return VsphereCertificateMismatch(url=url, expected=exc.expected, actual=exc.actual)
+        return VsphereCertificateMismatch(server=server, url=url, expected=exc.expected, actual=exc.actual)
     if isinstance(exc, ssl.SSLError):
         return VsphereTlsFailed(url=url, detail=getattr(exc, "verify_message", None) or exc.reason or str(exc))
     detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return VsphereUnreachable(url=url, detail=detail)
+    return VsphereUnreachable(server=server, url=url, detail=detail)
 
 
 def connect(config: VsphereConfig) -> PyvmomiClient:
-    """Log in to vCenter and bind to the datacenter; the caller closes the client."""
+    """Log in to vCenter (or an ESXi host) and bind to the datacenter; the caller closes the client."""
     target = _parse_url(config.url)
     if not config.user or not config.password:
         raise VsphereConfigInvalid(detail="a user and a password are needed")
@@ -684,7 +744,7 @@ def connect(config: VsphereConfig) -> PyvmomiClient:
             context = tls.ssl_context()
         except (OSError, ssl.SSLError) as exc:
             raise VsphereConfigInvalid(detail=f"cannot load the CA bundle {config.ca_bundle}: {exc}") from exc
-    log.info("connecting to vCenter %s as %s", target.url, config.user)
+    log.info("connecting to %s %s as %s", config.server, target.url, config.user)
     try:
         si = SmartConnect(  # type: ignore[no-untyped-call]
             protocol=target.scheme,
@@ -697,15 +757,15 @@ def connect(config: VsphereConfig) -> PyvmomiClient:
             httpConnectionTimeout=config.timeout_s,
         )
     except vim.fault.InvalidLogin as exc:
-        raise VsphereLoginFailed(url=target.url, user=config.user) from exc
+        raise VsphereLoginFailed(server=config.server, url=target.url, user=config.user) from exc
     except vmodl.MethodFault as exc:
-        raise VsphereTaskFailed(action="log in", detail=_fault_text(exc)) from exc
+        raise VsphereTaskFailed(server=config.server, action="log in", detail=_fault_text(exc)) from exc
     except (OSError, http.client.HTTPException) as exc:
-        raise _network_error(target.url, exc) from exc
+        raise _network_error(config.server, target.url, exc) from exc
     except Exception as exc:  # pyvmomi raises a bare Exception when /sdk is not a vSphere API
         if type(exc) is not Exception:
             raise
-        raise VsphereUnreachable(url=target.url, detail=str(exc)) from exc
+        raise VsphereUnreachable(server=config.server, url=target.url, detail=str(exc)) from exc
     try:
         return PyvmomiClient(si, config, target, tls)
     except BaseException:

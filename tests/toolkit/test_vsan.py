@@ -31,17 +31,20 @@ from toolkit.ops.restore import parse_as_of, plan_restore
 from toolkit.ops.snapshot import Source, snapshot
 from toolkit.ops.vsan import (
     STAGING_FOLDER,
+    THICK_COPIES,
+    CopyHostUnsuitable,
     StagingArea,
     VsanDestination,
     VsanNoStaging,
     VsanStager,
+    adapter_type_of,
     is_stale,
     run_name,
 )
 from toolkit.transports.base import FileInfo, Transport
 from toolkit.transports.datastore_http import DatastoreHttpTransport
 from toolkit.transports.local import LocalTransport
-from toolkit.vsphere import DatastoreNoSpace, PyvmomiClient, VsphereConfig, connect
+from toolkit.vsphere import DatastoreNoSpace, PyvmomiClient, VsphereConfig, VsphereLoginFailed, connect
 
 from ..conftest import Toolkit
 
@@ -68,14 +71,16 @@ def vc_password(vcsim_server: VcsimServer, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("VC_PW", vcsim_server.password)
 
 
-def put_on_vsan(server: VcsimServer, client: PyvmomiClient, relpath: str = REL, *, seed: int = 1) -> dict[str, bytes]:
+def put_on_vsan(
+    server: VcsimServer, client: PyvmomiClient, relpath: str = REL, *, seed: int = 1, size_mib: int = 8
+) -> dict[str, bytes]:
     """An AppStack on the vSAN datastore as App Volumes leaves it: a descriptor naming an object, and its sidecar.
 
     It is made on ds2 and copied in by vCenter, as nothing else can create a vSAN object. Returns the
     original flat extent's bytes (``"flat"``) and each sidecar's bytes by file name.
     """
     folder, name = relpath.rsplit("/", 1)
-    vol = make_volume(server.datastores["ds2"], f"seed/{name}", size_mib=8, seed=seed)
+    vol = make_volume(server.datastores["ds2"], f"seed/{name}", size_mib=size_mib, seed=seed)
     client.make_directory(f"[{VSAN}] {folder}")
     client.copy_virtual_disk(f"[ds2] seed/{name}", f"[{VSAN}] {relpath}")
     content = {"flat": vol.flat.read_bytes()}
@@ -533,3 +538,330 @@ def test_restore_beside_under_a_new_name_onto_vsan(
     assert (vcsim_server.datastores[VSAN] / f"{renamed}.metadata").is_file()
     assert len(list(vcsim_server.vsan_objects[VSAN].iterdir())) == 2
     assert staging_files(vcsim_server) == []
+
+
+# -- thin staging copies: a copy host ------------------------------------------------------------------
+
+ESX_PASSWORD = "lab-esx-pass"  # noqa: S105 - the lab host's password in these tests
+BIG_MIB = 32  # an AppStack whose disk is mostly free space: holes in a thin copy
+
+
+@pytest.fixture
+def esx_host(vcsim_server: VcsimServer, vcsim_binary: Path) -> Iterator[VcsimServer]:
+    """An ESXi host of the lab's vSAN cluster: vcsim in ESX mode on the vCenter simulator's datastore directories."""
+    with VcsimServer(
+        vcsim_server.datastores, vsan=[VSAN], esx=True, binary=vcsim_binary, user="root", password=ESX_PASSWORD
+    ) as host:
+        yield host
+
+
+@pytest.fixture
+def host_client(esx_host: VcsimServer) -> Iterator[PyvmomiClient]:
+    c = connect(VsphereConfig(esx_host.url, esx_host.user, esx_host.password, server="ESXi host"))
+    yield c
+    c.close()
+
+
+def allocated_bytes(path: Path) -> int:
+    return path.stat().st_blocks * 512  # st_blocks counts 512-byte units
+
+
+def copy_host_section(host: VcsimServer, table: str = "[sites.dc1.copy_host]") -> str:
+    return f'{table}\nurl = "{host.url}"\nuser = "{host.user}"\npassword_env = "ESX_PW"\n'
+
+
+class Watching:
+    """Passes every call to a LocalTransport; notes each staged flat extent when the staging area checks it."""
+
+    def __init__(self, inner: LocalTransport) -> None:
+        self.inner = inner
+        self.seen: dict[str, tuple[int, int, bytes]] = {}  # path -> (size, allocated bytes, content)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def stat(self, path: str) -> FileInfo | None:
+        if path.endswith("-flat.vmdk"):  # the staging area stats the extent right after the copy
+            file = self.inner.root / path
+            self.seen[path] = (file.stat().st_size, allocated_bytes(file), file.read_bytes())
+        return self.inner.stat(path)
+
+
+def test_vcenter_copies_thick_and_a_host_copies_thin_with_the_adapter_type_asked_for(
+    vcsim_server: VcsimServer, client: PyvmomiClient, host_client: PyvmomiClient
+) -> None:
+    ds1, ds2 = vcsim_server.datastores["ds1"], vcsim_server.datastores["ds2"]
+    vol = make_volume(ds2, "src/App.vmdk", size_mib=BIG_MIB, seed=5)
+    assert 'ddb.adapterType = "ide"' in vol.descriptor.read_text()
+
+    # vCenter refuses the thin destSpec (NotImplemented); the copy is made without one, preallocated.
+    client.copy_virtual_disk("[ds2] src/App.vmdk", "[ds1] ByVcenter.vmdk", adapter_type="busLogic")
+    thick = ds1 / "ByVcenter-flat.vmdk"
+    assert thick.read_bytes() == vol.flat.read_bytes()
+    assert allocated_bytes(thick) >= thick.stat().st_size
+    assert 'ddb.adapterType = "ide"' in (ds1 / "ByVcenter.vmdk").read_text()  # no spec: the source's
+    client.copy_virtual_disk("[ds2] src/App.vmdk", "[ds1] Again.vmdk")  # the same again, with the default adapter
+    assert allocated_bytes(ds1 / "Again-flat.vmdk") >= thick.stat().st_size
+
+    # A host honours it: holes where the disk holds nothing, and the adapter type asked for.
+    host_client.copy_virtual_disk("[ds2] src/App.vmdk", "[ds1] ByHost.vmdk", adapter_type="busLogic")
+    thin = ds1 / "ByHost-flat.vmdk"
+    assert thin.read_bytes() == vol.flat.read_bytes()
+    assert allocated_bytes(thin) < thin.stat().st_size // 2
+    assert allocated_bytes(thin) <= allocated_bytes(vol.flat) + (1 << 20)
+    assert 'ddb.adapterType = "buslogic"' in (ds1 / "ByHost.vmdk").read_text()
+    assert {f.path for f in host_client.browse("ds1")} >= {"ByHost.vmdk", "ByHost-flat.vmdk", "ByVcenter.vmdk"}
+
+
+def test_a_copy_host_stages_vsan_disks_thin_and_vcenter_says_once_its_copies_are_thick(
+    vcsim_server: VcsimServer, client: PyvmomiClient, host_client: PyvmomiClient, tmp_path: Path
+) -> None:
+    original = put_on_vsan(vcsim_server, client, size_mib=BIG_MIB)
+    put_on_vsan(vcsim_server, client, f"{FOLDER}/Other.vmdk", seed=3, size_mib=BIG_MIB)
+    runs: dict[str, tuple[dict[str, tuple[int, int, bytes]], list[str]]] = {}
+    for name, copy_host in (("thin", host_client), ("thick", None)):
+        staging = Watching(LocalTransport(vcsim_server.datastores["ds1"]))
+        area = StagingArea(client, "ds1", staging, copy_host=copy_host)
+        stager = VsanStager(client, VSAN, area, host_hashing=True)
+        messages: list[str] = []
+        repo = Repository.init(tmp_path / f"repo-{name}")
+        try:
+            with repo.writing("snapshot"):
+                report = snapshot(
+                    repo,
+                    [Source(VSAN, DatastoreHttpTransport(client, VSAN), stager=stager)],
+                    event=lambda kind, data, said=messages: said.append(data["text"]) if kind == "message" else None,
+                )
+        finally:
+            repo.close()
+            area.close()
+        assert [v["state"] for v in report.volumes] == ["new", "new"], report.volumes
+        assert report.ok, report.warnings
+        runs[name] = (staging.seen, messages)
+
+    seen, messages = runs["thin"]
+    [(size, used, content)] = [v for path, v in seen.items() if path.endswith(f"/{FLAT}")]
+    assert content == original["flat"]
+    assert used < size // 2, (used, size)  # the staging datastore holds the data, not the disk's size
+    assert THICK_COPIES not in messages
+    assert sum(f"(thin, on ESXi host {host_client.url})" in m for m in messages) == 2
+
+    seen, messages = runs["thick"]
+    [(size, used, content)] = [v for path, v in seen.items() if path.endswith(f"/{FLAT}")]
+    assert content == original["flat"]
+    assert used >= size
+    assert messages.count(THICK_COPIES) == 1  # once in the run, not once per disk
+    assert staging_files(vcsim_server) == []
+
+
+def test_snapshot_and_restore_through_a_copy_host_from_the_configuration(
+    vcsim_server: VcsimServer,
+    esx_host: VcsimServer,
+    client: PyvmomiClient,
+    vc_password: None,
+    toolkit: Toolkit,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ESX_PW", ESX_PASSWORD)
+    original = put_on_vsan(vcsim_server, client)
+    cfg = write_config(tmp_path, vcsim_server, extra=copy_host_section(esx_host))
+    assert toolkit("--config", str(cfg), "init").exit_code == 0
+
+    r = toolkit("--config", str(cfg), "snapshot")  # text mode: the run's messages on stderr
+    assert r.exit_code == 0, r.stderr
+    assert f"[{VSAN}] {REL} to [ds1] {STAGING_FOLDER}/" in r.stderr
+    assert f"(thin, on ESXi host {esx_host.url})" in r.stderr
+    assert THICK_COPIES not in r.stderr
+    assert staging_files(vcsim_server) == []
+
+    # Restored onto vSAN, copied in by the host.
+    client.delete_virtual_disk(f"[{VSAN}] {REL}")
+    (vcsim_server.datastores[VSAN] / f"{REL}.metadata").unlink()
+    r = toolkit("--config", str(cfg), "restore", "--as-of", "now", "--to", f"dc1/{VSAN}")
+    assert r.exit_code == 0, r.stderr
+    assert f" to [{VSAN}] {REL} (thin, on ESXi host {esx_host.url})" in r.stderr
+    assert vsan_object(vcsim_server) == original["flat"]
+    assert staging_files(vcsim_server) == []
+
+    # Without a copy host the run says, once, that vCenter's copies are thick and what to do about it.
+    put_on_vsan(vcsim_server, client, f"{FOLDER}/Other.vmdk", seed=3)
+    cfg.write_text(write_config(tmp_path, vcsim_server).read_text())
+    r = toolkit("--config", str(cfg), "snapshot", "--rehash")
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.count("(vCenter CopyVirtualDisk)") == 2, r.stderr
+    assert r.stderr.count(THICK_COPIES) == 1, r.stderr
+    assert "copy_host" in THICK_COPIES and "thick" in THICK_COPIES
+
+
+def test_a_copy_host_that_does_not_mount_the_staging_datastore_fails_the_vsan_volumes(
+    vcsim_server: VcsimServer,
+    vcsim_binary: Path,
+    client: PyvmomiClient,
+    vc_password: None,
+    toolkit: Toolkit,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ESX_PW", ESX_PASSWORD)
+    put_on_vsan(vcsim_server, client)
+    stores = {name: vcsim_server.datastores[name] for name in (VSAN, "ds2")}  # no ds1, the staging datastore
+    with VcsimServer(stores, vsan=[VSAN], esx=True, binary=vcsim_binary, password=ESX_PASSWORD) as host:
+        table = f"[sites.dc1.datastores.{VSAN}.copy_host]"  # this datastore's own
+        cfg = write_config(tmp_path, vcsim_server, extra=copy_host_section(host, table))
+        assert toolkit("--config", str(cfg), "init").exit_code == 0
+        r = toolkit("--config", str(cfg), "--json", "snapshot")
+        assert r.exit_code == 1, r.stderr
+        [vol] = [v for v in json.loads(r.stdout)["volumes"] if v["key"] == f"{VSAN}/{REL}"]
+        assert vol["state"] == "failed"
+        assert vol["reason"] == (
+            f"copy host {host.url} cannot copy between {VSAN} and ds1: it does not mount ds1 (it mounts: ds2, {VSAN})"
+        )
+
+        r = toolkit("--config", str(cfg), "restore", "--as-of", "now", "--to", f"dc1/{VSAN}")
+        assert r.exit_code == CopyHostUnsuitable.exit_code == 1
+        assert "it does not mount ds1" in r.stderr
+
+        r = toolkit("--config", str(cfg), "--json", "check")
+        [row] = [c for c in json.loads(r.stdout)["checks"] if c["component"] == "copy host"]
+        assert (row["target"], row["status"]) == (f"dc1/{VSAN}: {host.url}", "fail")
+        assert "it does not mount ds1" in row["detail"]
+        assert row["fix"] == CopyHostUnsuitable.hint
+    assert staging_files(vcsim_server) == []
+
+
+def test_check_logs_into_the_copy_host(
+    vcsim_server: VcsimServer, esx_host: VcsimServer, toolkit: Toolkit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VC_PW", vcsim_server.password)
+    cfg = write_config(tmp_path, vcsim_server, extra=copy_host_section(esx_host))
+    assert toolkit("--config", str(cfg), "init").exit_code == 0
+
+    monkeypatch.setenv("ESX_PW", ESX_PASSWORD)
+    r = toolkit("--config", str(cfg), "--json", "check")
+    checks = json.loads(r.stdout)["checks"]
+    [row] = [c for c in checks if c["component"] == "copy host"]
+    assert (row["target"], row["status"]) == (f"dc1/{VSAN}: {esx_host.url}", "ok"), row
+    assert row["detail"] == f"logged in as root; mounts {VSAN} and ds1: the staging copies are thin"
+    [staging] = [c for c in checks if c["component"] == "staging"]
+    assert "thick" not in staging["detail"]
+    assert r.exit_code == 0, checks
+
+    monkeypatch.setenv("ESX_PW", "wrong")
+    r = toolkit("--config", str(cfg), "--json", "check")
+    assert r.exit_code == 1
+    [row] = [c for c in json.loads(r.stdout)["checks"] if c["component"] == "copy host"]
+    assert row["status"] == "fail"
+    assert row["detail"] == f"ESXi host at {esx_host.url} refused the login of 'root'"
+    assert (
+        row["fix"] == "check user = 'root' in [sites.dc1.copy_host] and the password in the environment variable ESX_PW"
+    )
+    with pytest.raises(VsphereLoginFailed):
+        connect(VsphereConfig(esx_host.url, "root", "wrong", server="ESXi host"))
+
+    monkeypatch.delenv("ESX_PW")  # the variable unset: named
+    r = toolkit("--config", str(cfg), "--json", "check")
+    [row] = [c for c in json.loads(r.stdout)["checks"] if c["component"] == "copy host"]
+    assert row["status"] == "fail" and "ESX_PW is not set" in row["detail"]
+
+    cfg.write_text(write_config(tmp_path, vcsim_server).read_text())  # no copy host: the staging row says thick
+    r = toolkit("--config", str(cfg), "--json", "check")
+    checks = json.loads(r.stdout)["checks"]
+    assert not [c for c in checks if c["component"] == "copy host"]
+    [staging] = [c for c in checks if c["component"] == "staging"]
+    assert staging["status"] == "ok" and "vCenter makes the copies, thick" in staging["detail"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('[sites.s.datastores.d.copy_host]\nurl = "https://esx"\nuser = "root"\npassword_env = "P"\n', "vsan = true"),
+        ('[sites.s.copy_host]\nurl = "https://esx"\npassword_env = "P"\n', "user must be a non-empty string"),
+        ('[sites.s.copy_host]\nurl = "https://esx"\nuser = "root"\n', "give exactly one of password_env"),
+        ('[sites.s.copy_host]\nurl = "https://esx"\nuser = "r"\npassword_env = "P"\nhost = "x"\n', "unknown key"),
+        (
+            '[sites.s.copy_host]\nurl = "https://esx"\nuser = "r"\npassword_env = "P"\nthumbprint_sha256 = "ab"\n',
+            "64 hex",
+        ),
+    ],
+)
+def test_bad_copy_host_settings_are_refused(tmp_path: Path, extra: str, message: str) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        '[sites.s.vcenter]\nurl = "https://vc"\nuser = "u"\npassword_env = "P"\n'
+        '[sites.s.datastores.d]\ntransport = "http"\n' + extra
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(cfg)
+    assert message in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_a_site_copy_host_serves_its_vsan_datastores_unless_one_names_its_own(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        '[sites.s.vcenter]\nurl = "https://vc"\nuser = "u"\npassword_env = "P"\n'
+        '[sites.s.copy_host]\nurl = "https://esx01"\nuser = "root"\npassword_env = "E"\n'
+        '[sites.s.datastores.d]\ntransport = "http"\n'
+        '[sites.s.datastores.v1]\ntransport = "http"\nvsan = true\nstaging = "d"\n'
+        '[sites.s.datastores.v2]\ntransport = "http"\nvsan = true\nstaging = "d"\n'
+        '[sites.s.datastores.v2.copy_host]\nurl = "https://esx02"\nuser = "root"\npassword_file = "/x"\n'
+    )
+    config = load_config(cfg)
+    assert config is not None
+    [site] = config.sites
+    by_name = {d.name: d for d in site.datastores}
+    v1, v2 = site.copy_host_of(by_name["v1"]), site.copy_host_of(by_name["v2"])
+    assert v1 is not None and (v1.url, v1.where) == ("https://esx01", "[sites.s.copy_host]")
+    assert v2 is not None and (v2.url, v2.where) == ("https://esx02", "[sites.s.datastores.v2.copy_host]")
+    assert site.copy_host_of(by_name["d"]) is None  # not vSAN: nothing to copy
+    assert "E" not in repr(v1.password) or v1.password.env == "E"
+
+
+def test_the_adapter_type_asked_for_is_the_source_descriptors() -> None:
+    assert adapter_type_of(b'createType="vmfs"\nddb.adapterType = "ide"\n') == "ide"
+    assert adapter_type_of(b'ddb.adapterType = "buslogic"\n') == "busLogic"
+    assert adapter_type_of(b'ddb.adapterType = "lsilogic"\n') == "lsiLogic"
+    assert adapter_type_of(b'ddb.adapterType = "pvscsi"\n') == "lsiLogic"  # the API knows three
+    assert adapter_type_of(b'createType="vmfs"\n') == "lsiLogic"  # none named
+
+
+def test_a_thin_copy_needs_room_for_the_data_only_and_one_that_does_not_fit_fails_on_the_host(
+    vcsim_binary: Path, tmp_path: Path
+) -> None:
+    stores = {name: tmp_path / "vcsim" / name for name in ("ds1", "ds2", VSAN)}
+    for room_mib, expected in ((24, "new"), (6, "failed")):  # the disk is 32 MiB; it holds about 13 MiB
+        capacity = {"ds1": room_mib << 20}
+        with (
+            VcsimServer(stores, vsan=[VSAN], capacity=capacity, binary=vcsim_binary) as vc,
+            VcsimServer(stores, vsan=[VSAN], capacity=capacity, esx=True, binary=vcsim_binary) as esx,
+        ):
+            client = connect(VsphereConfig(vc.url, vc.user, vc.password, vc.datacenter))
+            host = connect(VsphereConfig(esx.url, esx.user, esx.password, server="ESXi host"))
+            try:
+                if not (stores[VSAN] / REL).exists():
+                    put_on_vsan(vc, client, size_mib=BIG_MIB)
+                reports = {}
+                for name, copy_host in (("vcenter", None), ("host", host)):
+                    area = StagingArea(client, "ds1", LocalTransport(stores["ds1"]), copy_host=copy_host)
+                    stager = VsanStager(client, VSAN, area, host_hashing=True)
+                    repo = Repository.init(tmp_path / f"repo-{room_mib}-{name}")
+                    try:
+                        with repo.writing("snapshot"):
+                            reports[name] = snapshot(
+                                repo, [Source(VSAN, DatastoreHttpTransport(client, VSAN), stager=stager)]
+                            )
+                    finally:
+                        repo.close()
+                        area.close()
+            finally:
+                host.close()
+                client.close()
+            assert staging_files(vc) == []
+        [thick] = reports["vcenter"].volumes
+        assert thick["state"] == "failed"  # vCenter's copy would take the full 32 MiB: refused before copying
+        assert thick["reason"].startswith("staging datastore ds1 has ") and "needs 32.1 MiB" in thick["reason"]
+        [thin] = reports["host"].volumes
+        assert thin["state"] == expected, thin
+        if expected == "failed":  # the host ran out of room during the copy; the partial copy is gone
+            assert thin["reason"].startswith("datastore ds1 has no space to copy virtual disk"), thin["reason"]

@@ -25,8 +25,17 @@ Virtual disks behave as on a real vCenter, which the stock simulator does not mo
   the destination, a ``<name>-flat.vmdk`` beside the new descriptor or a new vSAN object; the new
   descriptor names it. An existing destination is refused (``FileAlreadyExists``).
 - ``DeleteVirtualDisk_Task`` deletes the descriptor and the extents it names.
-- ``capacity`` gives a datastore a fixed size: its free space is that less the bytes its files take,
-  and a disk copy that does not fit fails with ``NoDiskSpace``.
+- A copy is provisioned as the API says: vCenter refuses a ``destSpec`` (``NotImplemented``) and its
+  copies are preallocated (every block of the flat file allocated); a host (``esx=True``) honours
+  ``destSpec``, and ``diskType="thin"`` leaves all-zero blocks as holes (``st_blocks`` tells them
+  apart). A new vSAN object is always thin.
+- ``capacity`` gives a datastore a fixed size: its free space is that less the bytes its files have
+  allocated, and a disk copy that does not fit fails with ``NoDiskSpace``.
+
+``esx=True`` serves govmomi's ESX model instead: one standalone ESXi host (datacenter
+``ha-datacenter``) that clients log into directly. Given the directories of a running vCenter
+simulator (and the same ``vsan`` names) it plays a host of that vCenter's vSAN cluster: it mounts the
+same datastores and reads and writes the same vSAN objects, so a disk it copies is seen by both.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ BUILD_TIMEOUT_S: Final = 900.0  # a cold build takes ~30 s on two cores; a wedge
 STARTUP_TIMEOUT_S: Final = 30.0  # the model is built in well under a second; this covers a loaded machine
 STOP_TIMEOUT_S: Final = 10.0  # vcsim exits at once on stdin EOF or SIGTERM; after this it is killed
 DATACENTER: Final = "DC0"  # the VPX model's only datacenter
+ESX_DATACENTER: Final = "ha-datacenter"  # the one a standalone host reports
 DEFAULT_USER: Final = "administrator@vsphere.local"
 DEFAULT_PASSWORD: Final = "lab-only-password"  # noqa: S105 - a lab peer's password, not a secret
 
@@ -128,7 +138,8 @@ class VcsimServer:
 
     ``datastores`` maps datastore names to backing directories (created if missing); names listed in
     ``vsan`` report ``summary.type == "vsan"`` and keep disk data as objects, the others ``"VMFS"``.
-    ``capacity`` maps datastore names to a fixed size in bytes. After :meth:`start`: ``url``
+    ``capacity`` maps datastore names to a fixed size in bytes. ``esx`` serves a standalone ESXi host
+    instead of vCenter (see the module's docstring). After :meth:`start`: ``url``
     (``http://127.0.0.1:PORT/sdk``), ``host``, ``port``, ``user``, ``password``, ``datacenter``, and
     ``vsan_objects`` (vSAN datastore name → the directory of its objects).
     """
@@ -139,6 +150,7 @@ class VcsimServer:
         *,
         vsan: Iterable[str] = (),
         capacity: Mapping[str, int] | None = None,
+        esx: bool = False,
         binary: Path | None = None,
         cache_dir: Path | None = None,
         user: str = DEFAULT_USER,
@@ -149,13 +161,14 @@ class VcsimServer:
         self.datastores = {name: Path(folder) for name, folder in datastores.items()}
         self.vsan = tuple(vsan)
         self.capacity = dict(capacity or {})
+        self.esx = esx
         self.vsan_objects: dict[str, Path] = {}
         self.user = user
         self.password = password
         self.host = host
         self.port = 0
         self.url = ""
-        self.datacenter = DATACENTER
+        self.datacenter = ESX_DATACENTER if esx else DATACENTER
         self._binary = binary
         self._cache_dir = cache_dir
         self._startup_timeout_s = startup_timeout_s
@@ -163,10 +176,13 @@ class VcsimServer:
         self._stderr: IO[bytes] | None = None
 
     def __repr__(self) -> str:
-        return f"VcsimServer(url={self.url!r}, datastores={sorted(self.datastores)!r})"
+        kind = "esx" if self.esx else "vcenter"
+        return f"VcsimServer({kind}, url={self.url!r}, datastores={sorted(self.datastores)!r})"
 
     def _command(self, binary: Path) -> list[str]:
         command = [str(binary), "-listen", f"{self.host}:0", "-user", self.user]
+        if self.esx:
+            command.append("-esx")
         command += ["-password-stdin", "-watch-stdin"]
         for name, folder in self.datastores.items():
             command += ["-datastore", f"{name}={folder.resolve()}"]

@@ -3,9 +3,20 @@
 A vSAN namespace folder holds only the descriptor of a disk (its extent line names
 ``vsan://<uuid>``) and plain files such as the App Volumes sidecars; neither SSH nor
 datastore HTTP reaches the object, and a file uploaded into the namespace is not a
-usable disk. vCenter's ``VirtualDiskManager.CopyVirtualDisk_Task`` is the way in and
-out, so both directions go through a VMFS or NFS datastore of the site, the
-*staging* datastore, which the toolkit reads and writes with its ordinary transport:
+usable disk. ``VirtualDiskManager.CopyVirtualDisk_Task`` is the way in and out, so
+both directions go through a VMFS or NFS datastore of the site, the *staging*
+datastore, which the toolkit reads and writes with its ordinary transport.
+
+Every copy asks for a thin destination (``destSpec`` diskType "thin", the adapter
+type of the source's descriptor). Made by vCenter it comes out thick all the same
+(vCenter refuses a ``destSpec``; see :mod:`toolkit.vsphere`): the staged copy takes
+the disk's full provisioned size, which is checked to be free first, and the run
+says so once. Made by a *copy host*, an ESXi host of the vSAN cluster that the
+toolkit logs into directly (``copy_host`` in the configuration), it is thin: it
+takes only the blocks the disk holds, and no provisioned-size check is made (a copy
+that does not fit fails on the host and the volume fails). The copy host must mount
+the vSAN and the staging datastore (:func:`check_copy_host`); vCenter still does
+everything else (folders, deletes, listings).
 
 - Snapshot (:class:`VsanStager`): copy ``[vsan] path/x.vmdk`` to
   ``[staging] .toolkit-staging/<run>/<n>/x.vmdk`` (descriptor plus ``x-flat.vmdk``),
@@ -18,8 +29,9 @@ out, so both directions go through a VMFS or NFS datastore of the site, the
 - Restore (:class:`VsanDestination`): write the descriptor and flat extent to the
   staging datastore and check the digest that landed there, move the sidecars into
   the namespace folder, then ``CopyVirtualDisk_Task`` the staged disk into its
-  vSAN folder and delete the staged copy. Only a volume that went all the way is
-  reported restored, which is what lets ``--register`` import it.
+  vSAN folder (on the copy host, when there is one) and delete the staged copy.
+  Only a volume that went all the way is reported restored, which is what lets
+  ``--register`` import it.
 
 Staged copies live in ``.toolkit-staging/<host>-<pid>-<random>/`` on the staging
 datastore (a dot folder: no listing and no snapshot of that datastore sees it). A
@@ -64,7 +76,13 @@ from toolkit.progress import human_bytes
 from toolkit.transports.base import FileInfo, ReadAt, Transport, WriteAt
 from toolkit.transports.local import safe_relpath
 from toolkit.vmdk import DESCRIPTOR_MAX_BYTES, NotADescriptor, parse_descriptor
-from toolkit.vsphere import DatastoreFile, DatastoreFileNotFound, DatastoreInfo, format_datastore_path
+from toolkit.vsphere import (
+    DEFAULT_ADAPTER_TYPE,
+    DatastoreFile,
+    DatastoreFileNotFound,
+    DatastoreInfo,
+    format_datastore_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +91,21 @@ STALE_AFTER_S: Final = 26 * 3600.0  # another host's run this old is dead: the s
 SECTOR_BYTES: Final = 512  # descriptor extents count 512-byte sectors
 DISK_ROLES: Final = frozenset({"descriptor", "extent"})  # what CopyVirtualDisk carries; sidecars are plain files
 _RUN_NAME = re.compile(r"^(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-(?P<rand>[0-9a-f]{8})$")
+_ADAPTER_LINE = re.compile(r'^\s*ddb\.adapterType\s*=\s*"?([A-Za-z0-9_]+)"?\s*$', re.MULTILINE)
+# A descriptor's ddb.adapterType → the VirtualDiskSpec adapterType (the API knows ide, busLogic and lsiLogic;
+# the other SCSI controllers are closest to lsiLogic).
+ADAPTER_TYPE_OF: Final = {
+    "ide": "ide",
+    "buslogic": "busLogic",
+    "lsilogic": "lsiLogic",
+    "lsisas1068": "lsiLogic",
+    "pvscsi": "lsiLogic",
+}
+THICK_COPIES: Final = (  # said once per run when vCenter makes the staging copies
+    "vSAN disks are copied to the staging datastore through vCenter, which makes the copies thick "
+    "(each takes the disk's full provisioned size there); for thin copies configure a copy host, "
+    "an ESXi host of the vSAN cluster (copy_host, see docs/configuration.md)"
+)
 
 Read = Callable[[FoundVolume, Source], list[dict[str, Any]]]
 Event = Callable[[str, dict[str, Any]], None]
@@ -98,9 +131,16 @@ class StagingFull(Error):
     template = "staging datastore {datastore} has {free} free; {what} needs {need}"
     hint = (
         "a staging copy through vCenter is thick (the disk's full size): free space there, "
-        "or name a larger staging datastore"
+        "name a larger staging datastore, or configure a copy host (copy_host) for thin copies"
     )
     code = "vsan_staging_full"
+    exit_code = 1
+
+
+class CopyHostUnsuitable(Error):
+    template = "copy host {url} cannot copy between {vsan} and {staging}: {detail}"
+    hint = "name an ESXi host of the vSAN cluster that also mounts the staging datastore (copy_host url)"
+    code = "vsan_copy_host_unsuitable"
     exit_code = 1
 
 
@@ -113,7 +153,7 @@ class VsanFull(Error):
 
 class StagedCopyInvalid(Error):
     template = "the staged copy {path} is not a disk with one flat extent: {detail}"
-    hint = "vCenter wrote an unexpected descriptor; report it with the descriptor's text"
+    hint = "the copy wrote an unexpected descriptor; report it with the descriptor's text"
     code = "vsan_staged_copy_invalid"
     exit_code = 1
 
@@ -137,7 +177,7 @@ class StagingClient(Protocol):
         self, datastore: str, folder: str = "", pattern: str = "*", *, recursive: bool = True
     ) -> list[DatastoreFile]: ...
 
-    def copy_virtual_disk(self, source: str, dest: str) -> None: ...
+    def copy_virtual_disk(self, source: str, dest: str, *, adapter_type: str = DEFAULT_ADAPTER_TYPE) -> None: ...
 
     def delete_virtual_disk(self, path: str, *, missing_ok: bool = False) -> None: ...
 
@@ -148,7 +188,46 @@ class StagingClient(Protocol):
     def delete_file(self, path: str, *, missing_ok: bool = False) -> None: ...
 
 
+class DiskCopier(Protocol):
+    """A session on an ESXi host (a :class:`toolkit.vsphere.PyvmomiClient`): its copies are thin."""
+
+    @property
+    def url(self) -> str: ...
+
+    def datastores(self) -> list[DatastoreInfo]: ...
+
+    def copy_virtual_disk(self, source: str, dest: str, *, adapter_type: str = DEFAULT_ADAPTER_TYPE) -> None: ...
+
+
+def check_copy_host(host: DiskCopier, vsan_datastore: str, staging: str | None) -> None:
+    """Refuse a copy host that does not mount both datastores, accessible, under the names vCenter uses.
+
+    ``staging`` None (none configured): only the vSAN datastore is checked.
+    """
+    seen = {d.name: d for d in host.datastores()}
+
+    def unsuitable(detail: str) -> CopyHostUnsuitable:
+        return CopyHostUnsuitable(url=host.url, vsan=vsan_datastore, staging=staging or "(none)", detail=detail)
+
+    for name in (vsan_datastore, staging) if staging is not None else (vsan_datastore,):
+        info = seen.get(name)
+        if info is None:
+            raise unsuitable(f"it does not mount {name} (it mounts: {', '.join(sorted(seen)) or 'none'})")
+        if not info.accessible:
+            raise unsuitable(f"it reports {name} inaccessible")
+    if not seen[vsan_datastore].is_vsan:
+        raise unsuitable(f"it reports {vsan_datastore} as {seen[vsan_datastore].type or 'unknown'}, not vSAN")
+    if staging is not None and seen[staging].is_vsan:
+        raise unsuitable(f"it reports {staging} as vSAN; stage on a VMFS or NFS datastore")
+
+
 # -- pure helpers ---------------------------------------------------------------------------------
+
+
+def adapter_type_of(descriptor: bytes) -> str:
+    """The adapterType a copy of the disk with this descriptor asks for: its ddb.adapterType, mapped."""
+    match = _ADAPTER_LINE.search(descriptor.decode("utf-8", "replace"))
+    return ADAPTER_TYPE_OF.get(match[1].lower(), DEFAULT_ADAPTER_TYPE) if match else DEFAULT_ADAPTER_TYPE
 
 
 def host_tag(host: str) -> str:
@@ -206,7 +285,10 @@ class StagedDisk:
 
 
 class StagingArea:
-    """Folders on the staging datastore for this process's copies, and the sweep of dead runs' folders."""
+    """Folders on the staging datastore for this process's copies, and the sweep of dead runs' folders.
+
+    ``copy_host``, when given, makes the disk copies (thin); else vCenter (``client``) does (thick).
+    """
 
     def __init__(
         self,
@@ -214,6 +296,7 @@ class StagingArea:
         datastore: str,
         transport: Transport,
         *,
+        copy_host: DiskCopier | None = None,
         host: str | None = None,
         now: Callable[[], float] = time.time,
         alive: Callable[[int], bool] = process_alive,
@@ -221,6 +304,8 @@ class StagingArea:
         self.client = client
         self.datastore = datastore
         self.transport = transport
+        self.copy_host = copy_host
+        self._told_thick = False
         self.host = host or socket.gethostname()
         self.run = f"{STAGING_FOLDER}/{run_name(self.host, os.getpid(), secrets.token_hex(4))}"
         self._now = now
@@ -244,6 +329,28 @@ class StagingArea:
         if info.is_vsan:
             raise StagingUnavailable(datastore=self.datastore, detail="it is vSAN itself; name a VMFS or NFS one")
         return info
+
+    @property
+    def thin(self) -> bool:
+        """True when the disk copies are thin (a copy host makes them)."""
+        return self.copy_host is not None
+
+    def copy_need(self, size: int) -> int:
+        """The free space to ask of the staging datastore before copying a disk of ``size`` bytes there.
+
+        A thick copy takes the full size. A thin one takes what the disk holds, which is not known
+        before the copy: only the descriptor's room is asked, and a copy that does not fit fails on the host.
+        """
+        return DESCRIPTOR_MAX_BYTES if self.thin else size + DESCRIPTOR_MAX_BYTES
+
+    def copy_disk(self, source: str, dest: str, adapter_type: str, emit: Event) -> None:
+        """Copy the disk ``source`` to ``dest`` (datastore paths): on the copy host when there is one."""
+        if self.copy_host is not None:
+            emit("message", {"text": f"copying {source} to {dest} (thin, on ESXi host {self.copy_host.url})"})
+            self.copy_host.copy_virtual_disk(source, dest, adapter_type=adapter_type)
+            return
+        emit("message", {"text": f"copying {source} to {dest} (vCenter CopyVirtualDisk)"})
+        self.client.copy_virtual_disk(source, dest, adapter_type=adapter_type)
 
     def require_space(self, need: int, what: str) -> None:
         info = self.info()
@@ -314,13 +421,18 @@ class StagingArea:
             with contextlib.suppress(Error):
                 self.client.delete_file(self.where(self.run), missing_ok=True)
 
-    def stage(self, vsan_datastore: str, path: str, folder: str, emit: Event) -> StagedDisk:
-        """Copy the disk ``[vsan_datastore] path`` into ``folder`` and check what vCenter wrote."""
+    def stage(
+        self, vsan_datastore: str, path: str, folder: str, emit: Event, *, adapter_type: str = DEFAULT_ADAPTER_TYPE
+    ) -> StagedDisk:
+        """Copy the disk ``[vsan_datastore] path`` into ``folder`` and check what was written."""
         name = posixpath.basename(path)
         staged = f"{folder}/{name}"
-        source = format_datastore_path(vsan_datastore, path)
-        emit("message", {"text": f"copying {source} to {self.where(staged)} (vCenter CopyVirtualDisk)"})
-        self.client.copy_virtual_disk(source, self.where(staged))
+        if not self.thin:
+            with self._lock:
+                tell, self._told_thick = not self._told_thick, True
+            if tell:
+                emit("message", {"text": THICK_COPIES})
+        self.copy_disk(format_datastore_path(vsan_datastore, path), self.where(staged), adapter_type, emit)
         head = self.transport.read_small(staged, DESCRIPTOR_MAX_BYTES)
         try:
             desc = parse_descriptor(staged, head)
@@ -472,9 +584,9 @@ class VsanStager:
             sizes = {vol.path: int(prev_desc["size"]), extent: size}
             with contextlib.suppress(_NeedsStaging):
                 return read(self._view(vol, sizes, mtime, rest), self._source(source, vol, sizes, None))
-        self.area.require_space(size + DESCRIPTOR_MAX_BYTES, f"a copy of [{self.vsan_datastore}] {vol.path}")
+        self.area.require_space(self.area.copy_need(size), f"a copy of [{self.vsan_datastore}] {vol.path}")
         with self.area.folder() as folder:
-            staged = self.area.stage(self.vsan_datastore, vol.path, folder, emit)
+            staged = self.area.stage(self.vsan_datastore, vol.path, folder, emit, adapter_type=adapter_type_of(raw))
             extent = sibling(vol.path, posixpath.basename(staged.extent))
             sizes = {vol.path: staged.descriptor_size, extent: staged.extent_size}
             routes = {vol.path: staged.descriptor, extent: staged.extent}
@@ -656,12 +768,12 @@ class VsanDestination:
             if target in present:
                 emit("message", {"text": f"deleting {self.where(target)} to replace it (--overwrite)"})
                 self.client.delete_virtual_disk(self.where(target), missing_ok=True)
-            emit("message", {"text": f"copying {staged} into {self.where(target)} (vCenter CopyVirtualDisk)"})
-            self.client.copy_virtual_disk(staged, self.where(target))
-        if self.namespace.stat(target) is None:
-            raise VsanVolumeInvalid(
-                path=self.where(target), detail="vCenter reported the copy done, but it is not there"
+            adapter = adapter_type_of(
+                self.area.transport.read_small(f"{folder}/{posixpath.basename(target)}", DESCRIPTOR_MAX_BYTES)
             )
+            self.area.copy_disk(staged, self.where(target), adapter, emit)
+        if self.namespace.stat(target) is None:
+            raise VsanVolumeInvalid(path=self.where(target), detail="the copy was reported done, but it is not there")
         entry["status"] = "restored"
         return written
 
@@ -699,9 +811,10 @@ class VsanDestination:
                 return False
         if self.namespace.stat(target) is None:
             return False
-        self.area.require_space(extent.size + DESCRIPTOR_MAX_BYTES, f"a copy of {self.where(target)} to compare")
+        self.area.require_space(self.area.copy_need(extent.size), f"a copy of {self.where(target)} to compare")
+        adapter = adapter_type_of(self.namespace.read_small(target, DESCRIPTOR_MAX_BYTES))
         with self.area.folder() as folder:
-            staged = self.area.stage(self.datastore, target, folder, emit)
+            staged = self.area.stage(self.datastore, target, folder, emit, adapter_type=adapter)
             if staged.extent_size != extent.size:
                 return False
             return landed_digest(self.area.transport, staged.extent, extent.size, chunk_size) == extent.digest

@@ -6,6 +6,10 @@
 //	vcsim -listen 127.0.0.1:0 -datastore ds1=/srv/ds1 -datastore vsan1=/srv/vsan1 -vsan vsan1 \
 //	      -user administrator@vsphere.local -password-stdin -watch-stdin
 //
+// With -esx it serves the ESX model instead: one standalone ESXi host (API type HostAgent, datacenter
+// ha-datacenter) that a client logs into directly. Given the directories of a running vCenter
+// simulator, it is a host of that vCenter's cluster: the same datastores, the same vSAN objects.
+//
 // When ready it prints one JSON line on stdout: {"url": ..., "host": ..., "port": ..., "datacenter": ...,
 // "datastores": {name: dir}}. It stops on SIGTERM or SIGINT, and with -watch-stdin when stdin closes,
 // so it never outlives the process that started it.
@@ -24,9 +28,15 @@
 //     descriptor, or a new vSAN object. The new descriptor names the new extent (the stock simulator
 //     copies the descriptor unchanged, so a renamed copy pointed at the source's flat file). A
 //     destination that exists is refused (FileAlreadyExists), as vCenter ignores "force".
+//   - The destination's provisioning follows the API: vCenter refuses a destSpec (NotImplemented, as
+//     the stock simulator and govmomi say) and its copies are preallocated, every block of the flat
+//     file allocated; an ESX host honours destSpec, so diskType "thin" leaves all-zero blocks as
+//     holes, any other type (or no spec) preallocates. The spec's adapterType becomes the new
+//     descriptor's ddb.adapterType. A new vSAN object is always thin (vSAN's default policy).
 //   - VirtualDiskManager.DeleteVirtualDisk_Task deletes the descriptor and the extents it names.
 //   - -capacity name=bytes makes a datastore that size: free space is the capacity less the bytes its
-//     files (and objects) take, and a disk copy that does not fit fails with NoDiskSpace.
+//     files (and objects) have allocated, and a disk copy that does not fit fails with NoDiskSpace
+//     (a preallocated copy before it starts, a thin copy once its data is written).
 package main
 
 import (
@@ -127,6 +137,7 @@ func (s *sizeList) Set(value string) error {
 }
 
 type options struct {
+	esx           bool
 	listen        string
 	user          string
 	passwordStdin bool
@@ -147,6 +158,7 @@ type readyLine struct {
 
 func parseFlags() *options {
 	o := &options{}
+	flag.BoolVar(&o.esx, "esx", false, "serve a standalone ESXi host (the ESX model) instead of vCenter")
 	flag.StringVar(&o.listen, "listen", "127.0.0.1:0", "address to serve on; port 0 picks a free port")
 	flag.StringVar(&o.user, "user", "", "the only user name accepted (empty: any non-empty user and password)")
 	flag.BoolVar(&o.passwordStdin, "password-stdin", false, "read the password from the first line of stdin")
@@ -195,6 +207,9 @@ func run(o *options) error {
 	}
 
 	model := simulator.VPX()
+	if o.esx {
+		model = simulator.ESX()
+	}
 	model.Datastore = 0 // only the datastores asked for; the stock LocalDS_0 lives in a temp dir
 	model.Machine = 0   // stock VMs need LocalDS_0
 	if err := model.Create(); err != nil {
@@ -211,6 +226,7 @@ func run(o *options) error {
 		return err
 	}
 	setDatastoreTypes(o.vsan)
+	dropUnknownDatastores()
 	disks.install(model.Service, server.URL)
 	guardFolder(model.Service, server.URL)
 
@@ -285,6 +301,26 @@ func setDatastoreTypes(vsan []string) {
 			} else {
 				ds.Summary.Type = "VMFS"
 			}
+		})
+	}
+}
+
+// dropUnknownDatastores removes from each datacenter the datastores that do not exist: the ESX model's
+// datacenter names a stock datastore that it only creates with model.Datastore > 0.
+func dropUnknownDatastores() {
+	for _, entity := range simulator.Map.All("Datacenter") {
+		dc, ok := entity.(*simulator.Datacenter)
+		if !ok {
+			continue
+		}
+		simulator.Map.WithLock(dc, func() {
+			known := dc.Datastore[:0]
+			for _, ref := range dc.Datastore {
+				if simulator.Map.Get(ref) != nil {
+					known = append(known, ref)
+				}
+			}
+			dc.Datastore = known
 		})
 	}
 }
@@ -415,8 +451,12 @@ func announce(u *url.URL, stores *datastoreList, objects map[string]string) erro
 	for _, name := range stores.names {
 		dirs[name] = stores.dirs[name]
 	}
+	datacenter := ""
+	for _, entity := range simulator.Map.All("Datacenter") {
+		datacenter = entity.Entity().Name // one in either model: DC0, or ha-datacenter on a host
+	}
 	line, err := json.Marshal(readyLine{
-		URL: plain.String(), Host: host, Port: port, Datacenter: "DC0", Datastores: dirs, VsanObjects: objects,
+		URL: plain.String(), Host: host, Port: port, Datacenter: datacenter, Datastores: dirs, VsanObjects: objects,
 	})
 	if err != nil {
 		return err
@@ -447,7 +487,8 @@ func waitForStop(stdin *bufio.Reader, watchStdin bool) {
 const (
 	descriptorMaxBytes = 64 << 10 // a text descriptor is a few hundred bytes
 	sectorBytes        = 512
-	copyBlockBytes     = 1 << 20 // copies leave all-zero blocks of this size as holes
+	copyBlockBytes     = 1 << 20  // copies read and write this much at a time
+	holeBytes          = 64 << 10 // thin copies leave all-zero runs of this size as holes
 	vsanScheme         = "vsan://"
 )
 
@@ -487,7 +528,14 @@ func (l *diskLab) install(svc *simulator.Service, u *url.URL) {
 
 func (m *diskManager) CopyVirtualDiskTask(_ *simulator.Context, req *types.CopyVirtualDisk_Task) soap.HasFault {
 	task := simulator.CreateTask(m, "copyVirtualDisk", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
-		return nil, m.lab.copyDisk(req.SourceName, req.DestName)
+		var spec *types.VirtualDiskSpec
+		if req.DestSpec != nil {
+			if simulator.Map.IsVPX() {
+				return nil, new(types.NotImplemented) // "the spec param is only valid for ESX"
+			}
+			spec = req.DestSpec.GetVirtualDiskSpec()
+		}
+		return nil, m.lab.copyDisk(req.SourceName, req.DestName, spec)
 	})
 	return &methods.CopyVirtualDisk_TaskBody{Res: &types.CopyVirtualDisk_TaskResponse{Returnval: task.Run()}}
 }
@@ -574,8 +622,9 @@ func (d *descriptor) sectors() int64 {
 	return n
 }
 
-// render is the descriptor with its extent lines replaced by one extent and, for vSAN, createType "vmfs".
-func (d *descriptor) render(kind, file string, vsan bool) []byte {
+// render is the descriptor with its extent lines replaced by one extent, for vSAN createType "vmfs",
+// and with adapter (a destSpec's adapterType; "" keeps the source's) as ddb.adapterType.
+func (d *descriptor) render(kind, file string, vsan bool, adapter string) []byte {
 	var out []string
 	for i, line := range d.lines {
 		if extentLine.MatchString(line) {
@@ -584,8 +633,12 @@ func (d *descriptor) render(kind, file string, vsan bool) []byte {
 			}
 			continue
 		}
-		if vsan && strings.HasPrefix(strings.TrimSpace(line), "createType") {
+		key := strings.TrimSpace(line)
+		if vsan && strings.HasPrefix(key, "createType") {
 			line = `createType="vmfs"`
+		}
+		if adapter != "" && strings.HasPrefix(key, "ddb.adapterType") {
+			line = fmt.Sprintf("ddb.adapterType = \"%s\"", strings.ToLower(adapter))
 		}
 		out = append(out, line)
 	}
@@ -605,7 +658,8 @@ func (l *diskLab) extentPath(disk dsFile, e extent) (string, types.BaseMethodFau
 	return filepath.Join(filepath.Dir(disk.abs), filepath.FromSlash(e.file)), nil
 }
 
-func (l *diskLab) copyDisk(sourceName, destName string) types.BaseMethodFault {
+// copyDisk copies a virtual disk; spec is the request's destSpec (nil: none, a preallocated copy).
+func (l *diskLab) copyDisk(sourceName, destName string, spec *types.VirtualDiskSpec) types.BaseMethodFault {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	src, fault := resolveDatastorePath(sourceName)
@@ -630,11 +684,16 @@ func (l *diskLab) copyDisk(sourceName, destName string) types.BaseMethodFault {
 	if !ok {
 		return fileFault(new(types.CannotAccessFile), sourceName) // a hosted sparse disk: not modelled
 	}
+	_, toVsan := l.objects[dst.datastore]
+	thin := toVsan || (spec != nil && spec.DiskType == string(types.VirtualDiskTypeThin))
+	adapter := ""
+	if spec != nil {
+		adapter = spec.AdapterType
+	}
 	size := desc.sectors() * sectorBytes
-	if free, limited := l.free(dst.datastore); limited && size+int64(len(data)) > free {
+	if free, limited := l.free(dst.datastore); limited && !thin && size+int64(len(data)) > free {
 		return &types.NoDiskSpace{FileFault: types.FileFault{File: destName}, Datastore: dst.datastore}
 	}
-	_, toVsan := l.objects[dst.datastore]
 	base := strings.TrimSuffix(filepath.Base(dst.abs), ".vmdk")
 	kind, ref, target := desc.extents[0].kind, base+"-flat.vmdk", filepath.Join(filepath.Dir(dst.abs), base+"-flat.vmdk")
 	if len(desc.extents) > 1 || strings.HasPrefix(desc.extents[0].file, vsanScheme) || kind == "ZERO" {
@@ -646,20 +705,25 @@ func (l *diskLab) copyDisk(sourceName, destName string) types.BaseMethodFault {
 	} else if _, err := os.Stat(target); err == nil {
 		return fileFault(new(types.FileAlreadyExists), target)
 	}
-	if fault := l.copyExtents(src, desc, target); fault != nil {
+	if fault := l.copyExtents(src, desc, target, thin); fault != nil {
 		return fault
 	}
-	if err := writeAtomic(dst.abs, desc.render(kind, ref, toVsan)); err != nil {
+	if _, limited := l.free(dst.datastore); limited && thin && l.usage(dst.datastore) > l.capacity[dst.datastore] {
+		_ = os.Remove(target) // a thin copy fills the datastore as it goes; this one did not fit
+		return &types.NoDiskSpace{FileFault: types.FileFault{File: destName}, Datastore: dst.datastore}
+	}
+	if err := writeAtomic(dst.abs, desc.render(kind, ref, toVsan, adapter)); err != nil {
 		_ = os.Remove(target)
 		return fileFault(new(types.CannotCreateFile), destName)
 	}
 	return nil
 }
 
-// copyExtents writes the extents of desc, in order, as one sparse file at target.
-func (l *diskLab) copyExtents(src dsFile, desc *descriptor, target string) types.BaseMethodFault {
+// copyExtents writes the extents of desc, in order, as one file at target: with thin, all-zero blocks
+// stay holes; without, every block is allocated (a preallocated disk).
+func (l *diskLab) copyExtents(src dsFile, desc *descriptor, target string, thin bool) types.BaseMethodFault {
 	tmp := target + ".copying"
-	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	out, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600) // read too: preallocate's fallback
 	if err != nil {
 		return fileFault(new(types.CannotCreateFile), target)
 	}
@@ -685,6 +749,11 @@ func (l *diskLab) copyExtents(src dsFile, desc *descriptor, target string) types
 	if err := out.Truncate(at); err != nil {
 		return fail(fileFault(new(types.CannotCreateFile), target))
 	}
+	if !thin {
+		if err := preallocate(out, at); err != nil {
+			return fail(&types.NoDiskSpace{FileFault: types.FileFault{File: target}})
+		}
+	}
 	if err := out.Close(); err != nil {
 		_ = os.Remove(tmp)
 		return fileFault(new(types.CannotCreateFile), target)
@@ -696,7 +765,7 @@ func (l *diskLab) copyExtents(src dsFile, desc *descriptor, target string) types
 	return nil
 }
 
-// copySparse copies length bytes of file from at offset into out at position at; zero blocks stay holes.
+// copySparse copies length bytes of file from at offset into out at position at; zero runs stay holes.
 func copySparse(out *os.File, at int64, file string, offset, length int64) error {
 	in, err := os.Open(file)
 	if err != nil {
@@ -716,12 +785,41 @@ func copySparse(out *os.File, at int64, file string, offset, length int64) error
 		if got == 0 {
 			break // a short extent file reads as zeros
 		}
-		if !isZero(block[:got]) {
-			if _, err := out.WriteAt(block[:got], at+done); err != nil {
+		for piece := 0; piece < got; piece += holeBytes {
+			end := piece + holeBytes
+			if end > got {
+				end = got
+			}
+			if isZero(block[piece:end]) {
+				continue
+			}
+			if _, err := out.WriteAt(block[piece:end], at+done+int64(piece)); err != nil {
 				return err
 			}
 		}
 		done += int64(got)
+	}
+	return nil
+}
+
+// preallocate gives every block of the first size bytes of out storage, as a preallocated (thick) disk
+// has: fallocate where the file system can, else every block read and written back (holes become zeros).
+func preallocate(out *os.File, size int64) error {
+	if size == 0 || syscall.Fallocate(int(out.Fd()), 0, 0, size) == nil {
+		return nil
+	}
+	block := make([]byte, copyBlockBytes)
+	for at := int64(0); at < size; at += copyBlockBytes {
+		n := int64(len(block))
+		if size-at < n {
+			n = size - at
+		}
+		if _, err := out.ReadAt(block[:n], at); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		if _, err := out.WriteAt(block[:n], at); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -785,7 +883,7 @@ func (l *diskLab) free(name string) (int64, bool) {
 	return capacity - used, true
 }
 
-// usage is the apparent size of every file of a datastore, vSAN objects included.
+// usage is the storage every file of a datastore has allocated, vSAN objects included (a hole takes none).
 func (l *diskLab) usage(name string) int64 {
 	var used int64
 	var dirs []string
@@ -801,12 +899,20 @@ func (l *diskLab) usage(name string) int64 {
 	for _, dir := range dirs {
 		_ = filepath.Walk(dir, func(_ string, info os.FileInfo, err error) error {
 			if err == nil && info.Mode().IsRegular() {
-				used += info.Size()
+				used += allocated(info)
 			}
 			return nil
 		})
 	}
 	return used
+}
+
+// allocated is the bytes a file has on disk; its apparent size where the platform does not say.
+func allocated(info os.FileInfo) int64 {
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512 // st_blocks counts 512-byte units whatever the file system's block size
+	}
+	return info.Size()
 }
 
 // refreshUsage sets the reported capacity and free space of the datastores with a fixed capacity.
