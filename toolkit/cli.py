@@ -1227,10 +1227,10 @@ def run_drill(
 @click.option(
     "--verify-landed",
     type=click.Choice(["written", "readback"]),
-    default="written",
-    show_default=True,
+    default=None,
     help="Into a directory: check the bytes as handed to the storage (and a few blocks read back), "
-    "or read every file back from the storage after fsync (a second pass over the disk).",
+    "or read every file back from the storage after fsync (a second pass over the disk). "
+    "Default: readback with --register (the manager imports only what was read back), else written.",
 )
 @pass_ctx
 def restore(
@@ -1245,7 +1245,7 @@ def restore(
     register: bool,
     rename: str | None,
     restore_assignments: bool,
-    verify_landed: str,
+    verify_landed: str | None,
 ) -> None:
     """Restore each volume as it was at --as-of onto a datastore or into a directory.
 
@@ -1306,7 +1306,7 @@ def restore(
             rename=renamer,
             event=progress,
             vsan=target.vsan,
-            verify_landed=verify_landed,
+            verify_landed=verify_landed or ("readback" if register else "written"),
         )
     if register and not dry_run and target.manager is not None and target.datastore is not None:
         register_volumes(target.manager, target.datastore, report.volumes, restore_assignments=restore_assignments)

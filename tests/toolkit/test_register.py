@@ -51,6 +51,7 @@ def test_a_deleted_volume_comes_back_registered_with_its_guid(site) -> None:
         cfg, "restore", "--as-of", now, "--volume", "Office 2016", "--to", "dc1/ds1", "--register"
     )
     assert rc == 0, err
+    assert report["landed_check"] == "readback"  # what the manager imports was read back whole
     [entry] = report["volumes"]
     assert entry["status"] == "registered"
     back = next(v for v in sim.volumes() if v.name == "Office 2016")

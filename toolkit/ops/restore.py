@@ -12,7 +12,7 @@ import string
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -90,6 +90,7 @@ class RestoreReport:
     volumes: list[dict[str, Any]] = field(default_factory=list)
     bytes_written: int = 0
     duration_s: float = 0.0
+    landed_check: str = "readback"  # how each landed file was proved: written (buffers + spot reads) or readback
 
     @property
     def ok(self) -> bool:
@@ -101,6 +102,7 @@ class RestoreReport:
             "ok": self.ok,
             "as_of": self.as_of,
             "dry_run": self.dry_run,
+            "landed_check": self.landed_check,
             "bytes_written": self.bytes_written,
             "duration_s": round(self.duration_s, 3),
             "volumes": self.volumes,
@@ -225,6 +227,8 @@ def restore(
     emit = event or (lambda _k, _d: None)
     plan, notes = plan_restore(repo, as_of, patterns or [], datastores, previous=previous)
     report = RestoreReport(as_of, dry_run)
+    if isinstance(dest, LocalTransport) and vsan is None:  # elsewhere the digest is read back or taken on the host
+        report.landed_check = verify_landed
     for note in notes:
         report.volumes.append({"key": note.split(":", 1)[0], "status": "not present", "reason": note.split(": ", 1)[1]})
     chunk_size = repo.config.chunk_size
@@ -390,8 +394,7 @@ def restore_local(
     """
     f = land.source
     chunk_size = repo.config.chunk_size
-    data = [(offset, size) for offset, size, cid in manifest.entries() if cid != HOLE_ID]
-    spots = set(spot_check_offsets([offset for offset, _ in data])) if verify_landed == "written" else set()
+    expected, spots = spot_check_blocks(manifest, SPOT_CHECK_BLOCKS if verify_landed == "written" else 0)
     wrote: dict[int, bytes] = {}
 
     def keep(offset: int, sha: bytes) -> None:
@@ -399,7 +402,7 @@ def restore_local(
             wrote[offset] = sha
 
     with dest.open_blocks(land.path, f.size, f.mtime_ns) as blocks:
-        blocks.reserve(coalesce(data))
+        blocks.reserve(data_ranges(manifest))
         written = restore_file_blocks(
             repo.index,
             repo.reader,
@@ -411,36 +414,63 @@ def restore_local(
             digest=verify_landed == "written",
             on_block=keep,
         )
-        expected = sum(size for _, size in data)
         if blocks.bytes_accepted != expected:  # every byte of every data chunk, and nothing else, went in
             raise OSError(errno.EIO, f"{blocks.bytes_accepted} of {expected} bytes of {land.path} were written")
         blocks.sync()
         landed = written
-        sizes = dict(data)
         if verify_landed != "written" or any(
-            blocks.block_sha256(offset, sizes[offset], chunk_size) != sha for offset, sha in wrote.items()
+            blocks.block_sha256(offset, spots[offset], chunk_size) != sha for offset, sha in wrote.items()
         ):
             landed = blocks.read_digest(chunk_size, pool, BLOCKS_INFLIGHT)
         if landed != land.digest:
             raise RestoredDigestMismatch(path=land.path, got=landed, expected=land.digest)
 
 
-def coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """(offset, length) ranges in order, with adjacent ones merged."""
-    out: list[tuple[int, int]] = []
-    for offset, length in ranges:
-        if out and out[-1][0] + out[-1][1] == offset:
-            out[-1] = (out[-1][0], out[-1][1] + length)
-        else:
-            out.append((offset, length))
-    return out
+def data_ranges(manifest: Manifest) -> Iterator[tuple[int, int]]:
+    """(offset, length) of each run of data chunks of a file (the rest is holes), in order."""
+    run: tuple[int, int] | None = None  # (start, end) of the run being extended
+    for offset, size, cid in manifest.entries():
+        if cid == HOLE_ID:
+            continue
+        if run is not None and run[1] == offset:
+            run = (run[0], offset + size)
+            continue
+        if run is not None:
+            yield run[0], run[1] - run[0]
+        run = (offset, offset + size)
+    if run is not None:
+        yield run[0], run[1] - run[0]
 
 
-def spot_check_offsets(offsets: list[int], count: int = SPOT_CHECK_BLOCKS) -> list[int]:
-    """The first and last of ``offsets`` and ``count - 2`` others picked at random (all of them when fewer)."""
-    if len(offsets) <= count:
-        return offsets
-    return [offsets[0], offsets[-1], *secrets.SystemRandom().sample(offsets[1:-1], count - 2)]
+def spot_check_blocks(manifest: Manifest, count: int) -> tuple[int, dict[int, int]]:
+    """(bytes of data, {offset: size}): the first, the last and ``count - 2`` random data chunks.
+
+    Every data chunk when there are ``count`` or fewer; none when ``count`` is 0. The random
+    ones are a reservoir sample, so a file of any size costs ``count`` entries.
+    """
+    rng = secrets.SystemRandom()
+    total = seen = 0
+    first: tuple[int, int] | None = None
+    last: tuple[int, int] | None = None
+    middle: list[tuple[int, int]] = []
+    room = max(count - 2, 0)
+    for offset, size, cid in manifest.entries():
+        if cid == HOLE_ID:
+            continue
+        total += size
+        if first is None:
+            first = (offset, size)
+            continue
+        if last is not None:  # the previous "last" is a middle chunk after all
+            seen += 1
+            if len(middle) < room:
+                middle.append(last)
+            elif room and (pick := rng.randrange(seen)) < room:
+                middle[pick] = last
+        last = (offset, size)
+    if count == 0 or first is None:
+        return total, {}
+    return total, dict([first, *middle, *([last] if last else [])])
 
 
 def landed_digest(dest: Transport, path: str, size: int, chunk_size: int) -> str:

@@ -12,7 +12,7 @@ import os
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from pathlib import Path, PurePosixPath
 from typing import Final
@@ -168,7 +168,7 @@ class BlockFile:
             if n % DIRECT_IO_ALIGN:
                 fd = self._fd  # the rest of a short write is no longer aligned
 
-    def reserve(self, ranges: list[tuple[int, int]]) -> None:
+    def reserve(self, ranges: Iterable[tuple[int, int]]) -> None:
         """Allocate the (offset, length) ranges about to be written; everything else stays a hole.
 
         With the blocks allocated beforehand, direct writes into one file no longer wait for each
