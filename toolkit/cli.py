@@ -36,6 +36,7 @@ from toolkit.config import (
     passphrase_source,
 )
 from toolkit.errors import SourceNotDirectory, SourceNotFound
+from toolkit.location import remote_url
 from toolkit.ops.endpoints import DEFAULT_TIMEOUT_S as CHECK_TIMEOUT_S
 from toolkit.ops.endpoints import CheckRow
 from toolkit.ops.restore import parse_as_of, plan_restore
@@ -48,7 +49,6 @@ from toolkit.ops.status import status as status_job
 # --- commands (after `history`, before `verify`, say) ---
 from toolkit.progress import EVENT_INTERVAL_S, Progress, human_bytes, open_events, setup_logging
 from toolkit.runtime import tune_allocator
-from toolkit.s3repo import RemoteUnsupported, S3Access, attach, open_repository, remote_url, upload_summary
 from toolkit.schedule import (
     Schedule,
     ScheduleInvalid,
@@ -66,6 +66,7 @@ from toolkit.transports.local import LocalTransport
 
 if TYPE_CHECKING:
     from toolkit.avm import AvmClient
+    from toolkit.s3repo import S3Access
 
 
 class RepoMissing(Error):
@@ -103,6 +104,8 @@ class Ctx:
     cache_dir: Path | None = None  # --cache-dir: where repositories in object storage are cached
     cache_bytes: int = DEFAULT_CACHE_BYTES  # --cache-size: packs kept in that cache
     _s3: dict[str, S3Access] = field(default_factory=dict)
+    command: str | None = None  # the subcommand run
+    result: dict[str, Any] | None = None  # what it emitted: the JSON a notification carries
 
     def config(self, *, required: bool = True) -> Config | None:
         if self._config is None:
@@ -121,6 +124,8 @@ class Ctx:
 
     def s3(self, url: str) -> S3Access:
         """A repository in object storage and this host's cache of it, attached once per command."""
+        from toolkit.s3repo import attach  # the object-storage client loads only for a bucket
+
         if url not in self._s3:
             self._s3[url] = attach(url, self.cache_dir)
         return self._s3[url]
@@ -135,6 +140,8 @@ class Ctx:
         root = self.repo()
         url = remote_url(root)
         if url is not None:
+            from toolkit.s3repo import RemoteUnsupported
+
             raise RemoteUnsupported(command=command, url=url)
         return root
 
@@ -181,6 +188,8 @@ class Ctx:
         url = remote_url(root)
         if url is not None:  # object storage: through this host's cache, brought up to date first
             command = getattr(click.get_current_context(silent=True), "info_name", None) or "read"
+            from toolkit.s3repo import open_repository
+
             repo = open_repository(self.s3(url), keys=keys, cache_bytes=self.cache_bytes, command=command)
         else:
             repo = Repository.open(root, readonly=readonly, allow_other_owner=self.allow_other_owner, keys=keys)
@@ -222,6 +231,7 @@ class Ctx:
         return progress
 
     def emit(self, data: dict[str, Any], text: str) -> None:
+        self.result = data
         if self.json:
             click.echo(json.dumps(data, indent=2, sort_keys=True))
         else:
@@ -363,7 +373,11 @@ def cli(
       toolkit --repo s3://appstack-backup/dc1 snapshot /mnt/datastore1
     """
     setup_logging(quiet=quiet, verbose=verbose, log_file=log_file)
+    run = ctx.obj if isinstance(ctx.obj, Run) else None  # main()'s record of this run, for the notification
     ctx.obj = Ctx(repo, as_json, quiet, config_path, config_path is not None, allow_other_owner)
+    ctx.obj.command = ctx.invoked_subcommand
+    if run is not None:
+        run.ctx = ctx.obj
     ctx.obj.verbose, ctx.obj.progress_json, ctx.obj.progress_interval_s = verbose, progress_json, progress_interval
     ctx.obj.passphrase_file, ctx.obj.passphrase_command = passphrase_file, passphrase_command
     ctx.obj.cache_dir, ctx.obj.cache_bytes = cache_dir, parse_size(cache_size)
@@ -569,7 +583,9 @@ def snapshot(c: Ctx, sources: tuple[str, ...], rehash: bool) -> None:
 
 def _uploads(repo: Repository) -> tuple[dict[str, Any], str] | None:
     """What a writer uploaded to object storage (JSON, a line); None for a directory repository."""
-    from toolkit.s3repo import S3Remote
+    if repo.remote is None:
+        return None
+    from toolkit.s3repo import S3Remote, upload_summary
 
     if not isinstance(repo.remote, S3Remote):
         return None
@@ -743,6 +759,55 @@ def status(c: Ctx, max_age_hours: float) -> None:
     c.emit(report.to_json(), render_status_text(report))
     if not report.ok:
         sys.exit(1)
+
+
+@cli.command("report")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Write the HTML page to FILE (replaced atomically). Required unless --json.",
+)
+@click.option(
+    "--days",
+    type=click.IntRange(1),
+    default=90,
+    show_default=True,
+    metavar="N",
+    help="History shown: the last N days.",
+)
+@pass_ctx
+def report_cmd(c: Ctx, output: Path | None, days: int) -> None:
+    """Write a self-contained HTML report on protection, growth, verification and recovery time.
+
+    One page with no script and nothing fetched from the network: per site the
+    protected and unprotected volumes (as toolkit status sees them) with each
+    volume's last good capture, repository growth and deduplication, the
+    versions of every volume on a timeline, verify and drill runs, and the
+    recovery time of drills (seconds per GiB). With --json the same data is
+    printed as JSON (and the page is written too when --output is given).
+    Exit 0 when written, whatever it shows: alert on toolkit status.
+
+    \b
+    Example:
+      toolkit --repo /backup/appstacks report --output /var/www/appstacks/report.html
+      toolkit report --days 30 --json
+    """
+    from toolkit.ops.report import render_html, write_report
+    from toolkit.ops.report import report as report_job
+
+    if output is None and not c.json:
+        raise click.UsageError("give --output FILE for the HTML page, or --json")
+    config = c.config(required=False)
+    with c.open() as repo:
+        rep = report_job(repo, config, datetime.now(UTC), days)
+    if output is not None:
+        write_report(output, render_html(rep))
+    data = rep.to_json()
+    volumes = sum(len(s["volumes"]) for s in data["sites"])
+    unprotected = sum(s["unprotected"] for s in data["sites"])
+    c.emit(data, f"wrote {output}: {volumes} volumes, {unprotected} unprotected, {len(rep.runs)} verify/drill runs")
 
 
 @cli.command()
@@ -1550,6 +1615,8 @@ def repair(c: Ctx, rebuild_catalog: bool, salvage: bool, pack_ids: tuple[str, ..
     salvage = salvage or bool(pack_ids) or dry_run or not rebuild_catalog
     url = remote_url(c.repo())
     if url is not None and salvage:
+        from toolkit.s3repo import RemoteUnsupported
+
         raise RemoteUnsupported(command="repair --salvage", url=url)
     lines: list[str] = []
     rebuilt = None
@@ -1927,20 +1994,65 @@ class ConfigExists(Error):
     code = "config_exists"
 
 
+@dataclass
+class Run:
+    """One run of the CLI as main() sees it: the command's context, or the error it stopped with."""
+
+    ctx: Ctx | None = None
+    error: dict[str, Any] | None = None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI and turn errors into one line and an exit code."""
+    """Run the CLI, turn errors into one line and an exit code, then notify as ``[notify]`` asks."""
+    run = Run()
+    exit_code = 0
+    try:
+        _run_cli(argv, run)
+    except SystemExit as exc:
+        exit_code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        raise
+    finally:
+        _notify(run, exit_code)
+
+
+def _notify(run: Run, exit_code: int) -> None:
+    """Send the job's summary to the configured notifiers; a failure is a warning, never a new exit code."""
+    from toolkit.notify import NOTIFIED_COMMANDS, is_wanted, send, summary
+
+    c = run.ctx
+    if c is None or c.command not in NOTIFIED_COMMANDS:
+        return
+    try:
+        config = c.config(required=False)
+        notify = config.notify if config is not None else None
+        if not is_wanted(notify, c.command, exit_code) or notify is None:
+            return
+        repository = str(c.repo_path) if c.repo_path is not None else None
+        result = c.result if run.error is None else run.error
+        data = summary(c.command, exit_code, result, repository, datetime.now(UTC))
+        warnings = send(notify, data)
+    except Error as exc:  # the configuration: when the job already stopped on it, it said so
+        warnings = [f"no notification sent: {exc}"] if run.error is None else []
+    except Exception as exc:  # noqa: BLE001 (a notifier never changes the job's outcome)
+        warnings = [f"no notification sent: unexpected {type(exc).__name__}"]
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+
+
+def _run_cli(argv: list[str] | None, run: Run) -> None:
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     tune_allocator()
     try:
-        cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
+        cli.main(args=argv, prog_name="toolkit", standalone_mode=False, obj=run)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(2)
     except Error as exc:
+        run.error = {"ok": False, "code": exc.code, "message": str(exc), "hint": exc.hint_text}
         if as_json:
-            click.echo(json.dumps({"ok": False, "code": exc.code, "message": str(exc), "hint": exc.hint_text}))
+            click.echo(json.dumps(run.error))
         click.echo(f"error: {exc}", err=True)
         if exc.hint_text:
             click.echo(f"hint: {exc.hint_text}", err=True)

@@ -43,6 +43,7 @@ from catalog.remote import (
     Retained,
 )
 from catalog.repo import DIRS, RepoConfig, Repository, write_atomic
+from toolkit.location import SCHEME, remote_url  # noqa: F401 (remote_url: part of this module's interface)
 from toolkit.objstore import (
     LockMode,
     ObjectExists,
@@ -57,7 +58,6 @@ from toolkit.objstore import (
 
 log = logging.getLogger(__name__)
 
-SCHEME: Final = "s3://"
 CACHE_DIR_NAME: Final = "appstack-toolkit"
 PART_UPLOADS: Final = 2  # parts of one pack in flight; UPLOADS_IN_FLIGHT packs at once: 8 requests in all
 MAX_CONNECTIONS: Final = UPLOADS_IN_FLIGHT * PART_UPLOADS + 4  # uploads, plus reads and lock requests beside them
@@ -81,19 +81,6 @@ class DefaultRetentionRefused(Error):
         "toolkit init --object-lock-days instead"
     )
     code = "s3_default_retention"
-
-
-def remote_url(root: Path | str) -> str | None:
-    """The ``s3://`` URL a repository argument names, or None for a directory.
-
-    Options typed as paths turn ``s3://bucket/prefix`` into ``s3:/bucket/prefix``; both are understood.
-    """
-    text = str(root)
-    if text.startswith(SCHEME):
-        return text
-    if text.startswith("s3:/"):
-        return SCHEME + text.removeprefix("s3:/")
-    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,9 +47,8 @@ from toolkit.config import (
     SiteConfig,
     TlsConfig,
 )
-from toolkit.objstore import ObjectNotFound
+from toolkit.location import remote_url
 from toolkit.progress import human_bytes
-from toolkit.s3repo import open_store, remote_url
 from toolkit.transports.base import Transport
 from toolkit.vmdk import is_descriptor_name, volume_kind
 
@@ -905,6 +904,8 @@ def check_repository(path: Path | None, *, allow_other_owner: bool = False) -> l
 
 def check_remote_repository(url: str) -> CheckRow:
     """An ``s3://`` repository: its config readable, a probe object written and deleted, who holds its lock."""
+    from toolkit.s3repo import open_store  # the object-storage client loads only when a bucket is checked
+
     try:
         store = open_store(url)
         store.get_bytes("config")
@@ -912,11 +913,11 @@ def check_remote_repository(url: str) -> CheckRow:
         store.put_bytes(probe, b"check\n")
         store.delete(probe)
         held = store.get_bytes(f"locks/{WRITER}") if store.head(f"locks/{WRITER}") is not None else None
-    except ObjectNotFound:
-        return CheckRow(
-            "repository", url, "fail", "no repository in the bucket", f"create one with: toolkit --repo {url} init"
-        )
     except Error as exc:
+        if exc.code == "s3_object_not_found":  # the bucket answers, and holds no repository config
+            return CheckRow(
+                "repository", url, "fail", "no repository in the bucket", f"create one with: toolkit --repo {url} init"
+            )
         return CheckRow("repository", url, "fail", str(exc), exc.hint_text)
     if held is None:
         return CheckRow("repository", url, "ok", "readable and writable, not locked")
