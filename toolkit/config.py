@@ -15,6 +15,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 from catalog.errors import Error
 
@@ -161,12 +162,29 @@ class SiteConfig:
         return (ds.copy_host or self.copy_host) if ds.vsan else None
 
 
+NOTIFY_ON: Final = ("problem", "always")
+NOTIFY_TIMEOUT_S: Final = 30.0  # a notifier that hangs must not hold the job's exit for long
+LOOPBACK_HOSTS: Final = ("127.0.0.1", "::1", "localhost")  # a plain-HTTP webhook may only go to a local relay
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    """``[notify]``: run a command and/or POST to a webhook with a job's JSON summary (toolkit/notify.py)."""
+
+    command: str | None
+    url: str | None = field(repr=False)  # webhook URLs often carry a token in their path
+    on: Literal["problem", "always"] = "problem"
+    timeout_s: float = NOTIFY_TIMEOUT_S
+    ca_bundle: Path | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     repository: Path | None
     sites: tuple[SiteConfig, ...]
     passphrase: Secret | None = None  # passphrase_file / passphrase_command: an encrypted repository's
+    notify: NotifyConfig | None = None  # [notify]: who hears about a job's outcome
 
     def site(self, name: str) -> SiteConfig | None:
         return next((s for s in self.sites if s.name == name), None)
@@ -199,12 +217,13 @@ def _parse(path: Path, data: dict[str, Any], private: bool) -> Config:
     sites_raw = data.get("sites", {})
     if not isinstance(sites_raw, dict):
         raise ConfigError(path=path, detail="[sites] must be a table of sites")
-    unknown = set(data) - {"repository", "sites", "passphrase_file", "passphrase_command"}
+    unknown = set(data) - {"repository", "sites", "passphrase_file", "passphrase_command", "notify"}
     if unknown:
         raise ConfigError(path=path, detail=f"unknown top-level key(s): {', '.join(sorted(unknown))}")
     sites = tuple(reader.site(name, raw) for name, raw in sites_raw.items())
     repository = Path(repo).expanduser() if isinstance(repo, str) else None
-    return Config(path, repository, sites, _passphrase(path, data))
+    notify = reader.notify(data["notify"]) if "notify" in data else None
+    return Config(path, repository, sites, _passphrase(path, data), notify)
 
 
 def _passphrase(path: Path, data: dict[str, Any]) -> Secret | None:
@@ -294,6 +313,36 @@ class _Reader:
             if len(thumb) != 64 or any(c not in "0123456789abcdef" for c in thumb):
                 raise self.fail(where, "thumbprint_sha256 must be 64 hex digits (colons allowed)")
         return TlsConfig(verify, Path(ca).expanduser() if isinstance(ca, str) else None, thumb)
+
+    def notify(self, raw_notify: object) -> NotifyConfig:
+        where = "[notify]"
+        raw = self.table(raw_notify, where)
+        unknown = set(raw) - {"command", "url", "on", "timeout", "ca_bundle"}
+        if unknown:
+            raise self.fail(where, f"unknown key(s): {', '.join(sorted(unknown))}")
+        command = self.text(raw, "command", where) if "command" in raw else None
+        if command is not None and not shlex.split(command):
+            raise self.fail(where, "command must name a program")
+        url = self.text(raw, "url", where) if "url" in raw else None
+        if command is None and url is None:
+            raise self.fail(where, "give command, url or both")
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+                raise self.fail(where, "url must be https:// (plain http only to a relay on this host)")
+            if parts.scheme not in ("https", "http") or not parts.hostname:
+                raise self.fail(where, "url must be an https:// URL")
+        on = self.text(raw, "on", where, default="problem")
+        if on not in NOTIFY_ON:
+            raise self.fail(where, f"on must be one of {', '.join(NOTIFY_ON)}")
+        timeout = raw.get("timeout", NOTIFY_TIMEOUT_S)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise self.fail(where, "timeout must be a positive number of seconds")
+        ca = raw.get("ca_bundle")
+        if ca is not None and not isinstance(ca, str):
+            raise self.fail(where, "ca_bundle must be a path")
+        when: Literal["problem", "always"] = "always" if on == "always" else "problem"
+        return NotifyConfig(command, url, when, float(timeout), Path(ca).expanduser() if ca else None)
 
     def site(self, name: str, raw_site: object) -> SiteConfig:
         where = f"[sites.{name}]"
