@@ -234,13 +234,8 @@ class DatastoreFile:
     mtime_ns: int  # as precise as vCenter reports it (microseconds under vcsim)
 
 
-class VsphereClient(Protocol):
-    """What the toolkit asks of vCenter."""
-
-    @property
-    def http(self) -> HttpEndpoint: ...
-
-    def session_cookie(self, *, renew: bool = False) -> str: ...
+class StagingClient(Protocol):
+    """The datastore and disk operations of vCenter or an ESXi host (what vSAN staging copies use)."""
 
     def datastores(self) -> list[DatastoreInfo]: ...
 
@@ -257,6 +252,15 @@ class VsphereClient(Protocol):
     def make_directory(self, path: str) -> None: ...
 
     def delete_file(self, path: str, *, missing_ok: bool = False) -> None: ...
+
+
+class VsphereClient(StagingClient, Protocol):
+    """What the toolkit asks of vCenter."""
+
+    @property
+    def http(self) -> HttpEndpoint: ...
+
+    def session_cookie(self, *, renew: bool = False) -> str: ...
 
     def close(self) -> None: ...
 

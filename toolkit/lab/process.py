@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -22,3 +24,23 @@ def terminate(process: subprocess.Popen[bytes], timeout_s: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=timeout_s)
+
+
+def launch(
+    argv: list[str], log_path: Path, ready: Callable[[], bool], timeout_s: float, poll_s: float
+) -> tuple[subprocess.Popen[bytes] | None, str]:
+    """Start a server with its output in ``log_path`` and wait until ``ready()``.
+
+    Returns (the process, "") once it answers, or (the process still running, why) when it did not
+    answer in time (the caller stops it), or (None, why) when it exited early.
+    """
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return None, f"exited early; see {log_path}: {log_tail(log_path)}"
+        if ready():
+            return process, ""
+        time.sleep(poll_s)
+    return process, f"did not answer within {timeout_s} s"

@@ -28,7 +28,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ import boto3
 from botocore.config import Config
 
 from catalog.errors import Error
-from toolkit.lab.process import log_tail, terminate
+from toolkit.lab.process import launch, terminate
 
 REGION: Final = "us-east-1"  # moto's default; any region works
 LAB_ACCESS_KEY: Final = "lab-access-key"  # moto accepts any key until IAM checks are on
@@ -109,23 +108,14 @@ class MotoS3Server:
         raise S3ServerStartFailed(detail=problem)
 
     def _launch(self) -> str:
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + self._startup_timeout_s
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                self._process = None
-                return f"it exited early; see {self.log_path}: {log_tail(self.log_path)}"
-            if _answers_http(self.host, self.port):
-                return ""
-            time.sleep(0.1)
+        argv = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
+        self._process, problem = launch(
+            argv, self.log_path, lambda: _answers_http(self.host, self.port), self._startup_timeout_s, 0.1
+        )
+        if not problem:
+            return ""
         self.stop()
-        return f"it did not answer on {self.url} within {self._startup_timeout_s} s"
+        return f"moto's server on {self.url} {problem}"
 
     def stop(self) -> None:
         """Stop the server; safe to call twice."""

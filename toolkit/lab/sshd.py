@@ -34,7 +34,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -43,7 +42,7 @@ from typing import Final, Literal, Self
 import paramiko
 
 from catalog.errors import Error
-from toolkit.lab.process import log_tail, terminate
+from toolkit.lab.process import launch, terminate
 
 SSHD_PATH: Final = Path("/usr/sbin/sshd")  # Debian's openssh-server puts it here, off a user's PATH
 PRIVSEP_DIR: Final = Path("/run/sshd")  # sshd refuses to start without its privilege-separation directory
@@ -254,23 +253,14 @@ class SshdServer:
         raise SshdStartFailed(detail=last_error)
 
     def _launch(self) -> str | None:
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [str(self._sshd_path), "-D", "-e", "-f", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + self._startup_timeout_s
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                self._process = None
-                return f"sshd exited early; see {self.log_path}: {log_tail(self.log_path)}"
-            if _has_banner(self.host, self.port):
-                return None
-            time.sleep(0.05)
+        argv = [str(self._sshd_path), "-D", "-e", "-f", str(self.config_path)]
+        self._process, problem = launch(
+            argv, self.log_path, lambda: _has_banner(self.host, self.port), self._startup_timeout_s, 0.05
+        )
+        if not problem:
+            return None
         self.stop()
-        return f"sshd did not answer on {self.host}:{self.port} within {self._startup_timeout_s} s"
+        return f"sshd on {self.host}:{self.port} {problem}"
 
     def stop(self) -> None:
         """Stop sshd and the per-connection processes it forked; safe to call twice."""

@@ -78,9 +78,9 @@ from toolkit.transports.local import safe_relpath
 from toolkit.vmdk import DESCRIPTOR_MAX_BYTES, NotADescriptor, parse_descriptor
 from toolkit.vsphere import (
     DEFAULT_ADAPTER_TYPE,
-    DatastoreFile,
     DatastoreFileNotFound,
     DatastoreInfo,
+    StagingClient,
     format_datastore_path,
 )
 
@@ -166,26 +166,6 @@ class VsanVolumeInvalid(Error):
 
 
 # -- what this module asks of vCenter -------------------------------------------------------------
-
-
-class StagingClient(Protocol):
-    """The part of :class:`toolkit.vsphere.VsphereClient` the staging copies use."""
-
-    def datastores(self) -> list[DatastoreInfo]: ...
-
-    def browse(
-        self, datastore: str, folder: str = "", pattern: str = "*", *, recursive: bool = True
-    ) -> list[DatastoreFile]: ...
-
-    def copy_virtual_disk(self, source: str, dest: str, *, adapter_type: str = DEFAULT_ADAPTER_TYPE) -> None: ...
-
-    def delete_virtual_disk(self, path: str, *, missing_ok: bool = False) -> None: ...
-
-    def move_file(self, source: str, dest: str, *, overwrite: bool = False) -> None: ...
-
-    def make_directory(self, path: str) -> None: ...
-
-    def delete_file(self, path: str, *, missing_ok: bool = False) -> None: ...
 
 
 class DiskCopier(Protocol):
