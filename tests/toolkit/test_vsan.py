@@ -170,10 +170,18 @@ def test_a_vsan_appstack_is_captured_through_a_staged_copy_and_restores_byte_for
     [vol] = again["volumes"]
     assert vol["state"] == "unchanged", vol
     assert again["stats"]["bytes_read"] == 0
+    # verify --live compares the vSAN descriptor with what was stored from the copy: no false drift ...
+    live = toolkit("--config", str(cfg), "--json", "verify", "--live", "--rehash", "--source", VSAN)
+    assert live.exit_code == 0, live.stdout + live.stderr
 
     client.delete_virtual_disk(f"[{VSAN}] {REL}")  # an update of the AppStack: same name, new content
     updated = put_on_vsan(vcsim_server, client, seed=2)
     assert updated["flat"] != original["flat"]
+    live = toolkit("--config", str(cfg), "--json", "verify", "--live", "--source", VSAN)
+    assert live.exit_code == 1  # ... and a rewritten disk is drift
+    problems = json.loads(live.stdout)["problems"]
+    assert {p["kind"] for p in problems} == {"drift"}, live.stdout
+    assert any(p["detail"].startswith(f"{REL} changed time") for p in problems), live.stdout
     third = toolkit.json("--config", str(cfg), "snapshot", VSAN)
     assert [v["state"] for v in third["volumes"]] == ["changed"]
 

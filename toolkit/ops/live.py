@@ -78,6 +78,11 @@ def live_check(repo: Repository, sources: list[Source], *, rehash: bool = False)
                 before = recorded.get(vf.info.path)
                 if before is None:
                     report.add("drift", key, f"{vf.info.path} appeared since the capture")
+                elif vol.objects and vf.role == "descriptor":
+                    # A vSAN disk was stored from a flat copy: its stored descriptor is the copy's, with the
+                    # vSAN descriptor's time. The time is what can be compared; the content only by a snapshot.
+                    if vf.info.mtime_ns != before.mtime_ns:
+                        report.add("drift", key, f"{vf.info.path} changed time since {good.created_at[:19]}")
                 elif (vf.info.size, vf.info.mtime_ns) != (before.size, before.mtime_ns):
                     report.add("drift", key, f"{vf.info.path} changed size or time since {good.created_at[:19]}")
                 elif rehash:
