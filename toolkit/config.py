@@ -510,4 +510,9 @@ path = "/vmfs/volumes/appstacks-vmfs"
 # user = "svc-appstack-backup"
 # password_env = "TOOLKIT_DC1_ESXI_PASSWORD"
 # thumbprint_sha256 = "ab:cd:..."  # ESXi certificates are often self-signed: pin it
+
+# [notify]                         # tell someone when a job fails or finds problems
+# command = "/usr/local/bin/page-vdi-team"  # gets the job's JSON result on stdin (run without a shell)
+# url = "https://hooks.example.com/appstack" # or a webhook: the same JSON, POSTed (TLS verified)
+# on = "problem"                   # problem (non-zero exit) | always
 """
