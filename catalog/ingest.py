@@ -71,6 +71,9 @@ class _Chunk:
     stored: bytes | None = None  # set only for chunks not yet in the repository
 
 
+PENDING_TRIM: Final = 16_384  # stored chunks remembered before those already in the catalog are forgotten
+
+
 class Ingester:
     """Stores files into one repository for the length of a writer session."""
 
@@ -83,6 +86,7 @@ class Ingester:
         *,
         workers: int = DEFAULT_WORKERS,
         keys: RepoKeys | None = None,
+        pending_trim: int = PENDING_TRIM,
     ) -> None:
         self.index = index
         # An encrypted repository's keys: keyed chunk ids, encrypted records, sealed SHA-256 fields.
@@ -96,6 +100,10 @@ class Ingester:
         self._pending: dict[bytes, bytes] = {}  # chunk id -> sha256 of chunks stored in this session
         self._pending_by_sha: dict[bytes, ChunkId] = {}
         self._pending_lock = threading.Lock()
+        # Chunks whose pack is sealed are in the catalog: they leave _pending every so many, so memory
+        # stays bounded by what is not sealed yet, whatever a session stores.
+        self.trim_every = pending_trim
+        self._next_trim = pending_trim
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -107,6 +115,20 @@ class Ingester:
         # A lost chunk has no row in the catalog (repair removed it with its damaged pack), so it is
         # never taken as stored: it is written again, which heals every version that names it.
         return self.index.chunk_sha256(chunk_id)
+
+    def _trim_pending(self) -> None:
+        """Forget the chunks the catalog already holds (their packs are sealed); the caller holds the lock."""
+        indexed = self.index.locate_many(ChunkId(c) for c in self._pending)
+        for cid in indexed:
+            sha = self._pending.pop(cid, None)
+            if sha is not None and self._pending_by_sha.get(sha) == cid:
+                del self._pending_by_sha[sha]
+        self._next_trim = len(self._pending) + self.trim_every
+
+    @property
+    def pending_count(self) -> int:
+        """How many stored chunks this session still remembers itself (not yet found in the catalog)."""
+        return len(self._pending)
 
     def needs_reading(self, manifest_id: bytes) -> bool:
         """True when a file must be read although its size and mtime are unchanged: its manifest, or a
@@ -135,6 +157,8 @@ class Ingester:
                 return
             self._pending[chunk.chunk_id] = chunk.sha256
             self._pending_by_sha[chunk.sha256] = chunk.chunk_id
+            if len(self._pending) >= self._next_trim:
+                self._trim_pending()
         sha = sha256_field(self.keys, chunk.chunk_id, chunk.sha256)
         self.writer.add(chunk.chunk_id, TYPE_DATA, chunk.codec, chunk.raw_size, sha, chunk.stored)
         stats.new_chunks += 1
