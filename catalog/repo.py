@@ -533,6 +533,7 @@ _VOLUME_FIELDS: Final[dict[str, type]] = {
     "kind": str,
     "state": str,
 }
+_OPTIONAL_VOLUME_FIELDS: Final[dict[str, type]] = {"reason": str}  # absent or null is fine
 _FILE_FIELDS: Final[dict[str, type]] = {
     "path": str,
     "role": str,
@@ -561,12 +562,17 @@ def check_snapshot_doc(path: Path, doc: dict[str, Any]) -> None:
         for key, kind in _VOLUME_FIELDS.items():
             if not isinstance(vol.get(key), kind):
                 raise bad(f"volume field {key} is missing or not a {kind.__name__}")
+        for key, kind in _OPTIONAL_VOLUME_FIELDS.items():
+            if vol.get(key) is not None and not isinstance(vol[key], kind):
+                raise bad(f"volume field {key} is not a {kind.__name__}")
         for f in vol["files"]:
             if not isinstance(f, dict):
                 raise bad("a file entry is malformed")
             for key, kind in _FILE_FIELDS.items():
                 if not isinstance(f.get(key), kind) or isinstance(f.get(key), bool):
                     raise bad(f"file field {key} is missing or not a {kind.__name__}")
+                if kind is int and not 0 <= f[key] < 1 << 63:  # what the catalog (SQLite) can hold
+                    raise bad(f"file field {key} is out of range")
             try:
                 bytes.fromhex(f["manifest"])
             except ValueError:

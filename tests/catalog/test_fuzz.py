@@ -618,3 +618,23 @@ RepositoryMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestRepositoryMachine = RepositoryMachine.TestCase
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [("reason", []), ("reason", {"x": 1}), ("size", 2**70), ("size", -1), ("mtime_ns", 2**64)],
+)
+def test_documents_the_catalog_cannot_hold_are_corrupt(where: str, value: Any) -> None:
+    """Found by the fuzzer above: values of the right JSON type that SQLite cannot bind or hold."""
+    doc = json.loads(VALID_DOC_BYTES)
+    target = doc["volumes"][0] if where == "reason" else doc["volumes"][0]["files"][0]
+    target[where] = value
+    name, data = encode_snapshot_doc(doc)
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Repository.init(Path(tmp) / "repo", chunk_size=65536)
+        try:
+            path = _put_document(repo, name, data)
+            with pytest.raises(SnapshotDocumentCorrupt):
+                repo.load_snapshot_doc(name, path)
+        finally:
+            repo.close()
