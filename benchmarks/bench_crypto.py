@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from benchlib import GeneratorMissing, MiB, find_generator, generate_a, logical_bytes, rmtree
+from benchrepo import record_throughput, snapshot_dir
 
 from catalog.check import verify
 from catalog.chunker import DEFAULT_CHUNK_SIZE, iter_offsets
@@ -26,7 +27,6 @@ from catalog.keys import TEST_KDF
 from catalog.repo import Repository
 from catalog.types import CODEC_ZSTD, TYPE_DATA
 from toolkit.ops.restore import restore
-from toolkit.ops.snapshot import Source, snapshot
 from toolkit.transports.local import LocalTransport
 
 VOLUMES = int(os.environ.get("TOOLKIT_BENCH_VOLUMES", "4"))
@@ -57,21 +57,6 @@ def _init(root: Path, mode: str) -> Repository:
     return Repository.init(root, encryption=cipher, passphrase="bench" if cipher else None, kdf=TEST_KDF)
 
 
-def _snap(repo: Repository, src: Path) -> dict[str, Any]:
-    with repo.writing("snapshot"):
-        rep = snapshot(repo, [Source("cur", LocalTransport(src))])
-    assert rep.ok, rep.to_json()
-    return rep.to_json()
-
-
-def _record(benchmark: Any, nbytes: int, **extra: Any) -> None:
-    benchmark.extra_info.update(extra)
-    benchmark.extra_info["MiB"] = round(nbytes / MiB, 1)
-    stats = getattr(benchmark, "stats", None)
-    if stats is not None and stats.stats.median > 0:
-        benchmark.extra_info["MiB/s"] = round(nbytes / MiB / stats.stats.median, 1)
-
-
 # -- the AEADs on their own ---------------------------------------------------
 
 
@@ -92,7 +77,7 @@ def test_encrypt_1mib_records(benchmark: Any, cipher: str, threads: int) -> None
             )
 
         benchmark.pedantic(run, rounds=5, warmup_rounds=1)
-    _record(benchmark, RECORDS * len(block), threads=threads)
+    record_throughput(benchmark, RECORDS * len(block), threads=threads)
 
 
 @pytest.mark.parametrize("cipher", CIPHERS)
@@ -106,7 +91,7 @@ def test_decrypt_1mib_records(benchmark: Any, cipher: str) -> None:
         return sum(len(keys.decrypt_record(cid, TYPE_DATA, CODEC_ZSTD, len(block), sealed)) for _ in range(RECORDS))
 
     benchmark.pedantic(run, rounds=5, warmup_rounds=1)
-    _record(benchmark, RECORDS * len(block))
+    record_throughput(benchmark, RECORDS * len(block))
 
 
 def test_keyed_ids_of_1mib_chunks(benchmark: Any) -> None:
@@ -115,7 +100,7 @@ def test_keyed_ids_of_1mib_chunks(benchmark: Any) -> None:
     buf = os.urandom(RECORDS * DEFAULT_CHUNK_SIZE)
     chunks = [buf[o : o + n] for o, n in iter_offsets(len(buf), DEFAULT_CHUNK_SIZE)]
     benchmark.pedantic(lambda: [keys.identify(c) for c in chunks], rounds=5, warmup_rounds=1)
-    _record(benchmark, len(buf))
+    record_throughput(benchmark, len(buf))
 
 
 # -- the pipeline, encrypted and not --------------------------------------------
@@ -142,8 +127,8 @@ def test_first_snapshot(benchmark: Any, data: Data, workdir: Path, mode: str) ->
         repo.close()
         rmtree(repo.root)
 
-    rep = benchmark.pedantic(lambda repo: _snap(repo, data.a), setup=setup, teardown=teardown, rounds=3)
-    _record(benchmark, data.size, mode=mode, new_chunks=rep["stats"]["new_chunks"])
+    rep = benchmark.pedantic(lambda repo: snapshot_dir(repo, data.a), setup=setup, teardown=teardown, rounds=3)
+    record_throughput(benchmark, data.size, mode=mode, new_chunks=rep["stats"]["new_chunks"])
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +137,7 @@ def filled(data: Data, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
     root = tmp_path_factory.mktemp("filled")
     repos = {mode: _init(root / mode, mode) for mode in MODES}
     for repo in repos.values():
-        _snap(repo, data.a)
+        snapshot_dir(repo, data.a)
     yield repos
     for repo in repos.values():
         repo.close()
@@ -178,7 +163,7 @@ def test_restore(benchmark: Any, filled: dict[str, Repository], workdir: Path, m
         return rep.bytes_written
 
     written = benchmark.pedantic(run, setup=setup, teardown=rmtree, rounds=3)
-    _record(benchmark, written, mode=mode)
+    record_throughput(benchmark, written, mode=mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -187,4 +172,4 @@ def test_verify_read_data(benchmark: Any, filled: dict[str, Repository], data: D
     repo = filled[mode]
     rep = benchmark.pedantic(lambda: verify(repo, read_data=True), setup=os.sync, rounds=3)
     assert rep.ok, rep.to_json()
-    _record(benchmark, data.size, mode=mode, pack_MiB_read=round(rep.bytes_read / MiB, 1))
+    record_throughput(benchmark, data.size, mode=mode, pack_MiB_read=round(rep.bytes_read / MiB, 1))

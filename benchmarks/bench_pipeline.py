@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 from benchlib import GeneratorMissing, MiB, find_generator, generate_a, generate_b, logical_bytes, rmtree
+from benchrepo import record_throughput, snapshot_dir
 
 from catalog.check import verify
 from catalog.chunker import DEFAULT_CHUNK_SIZE, chunk_id_of, is_zero, iter_offsets
 from catalog.repo import Repository
 from catalog.store import DEFAULT_ZSTD_LEVEL, Compressor
 from toolkit.ops.restore import restore
-from toolkit.ops.snapshot import Source, snapshot
 from toolkit.transports.local import LocalTransport
 
 VOLUMES = int(os.environ.get("TOOLKIT_BENCH_VOLUMES", "4"))
@@ -51,13 +51,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     return Data(a, b, logical_bytes(a))
 
 
-def _snap(repo: Repository, src: Path) -> dict[str, Any]:
-    with repo.writing("snapshot"):
-        rep = snapshot(repo, [Source("cur", LocalTransport(src))])
-    assert rep.ok, rep.to_json()
-    return rep.to_json()
-
-
 class Repos:
     """Fresh repositories under one directory, closed and removed at the end."""
 
@@ -71,7 +64,7 @@ class Repos:
         repo = Repository.init(self.root / f"repo-{self.n}")
         self.open.append(repo)
         if with_a is not None:
-            _snap(repo, with_a)
+            snapshot_dir(repo, with_a)
         return repo
 
     def drop(self, repo: Repository) -> None:
@@ -98,14 +91,6 @@ def repo_a(data: Data, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rep
     repo = r.new(with_a=data.a)
     yield repo
     r.close()
-
-
-def _record(benchmark: Any, nbytes: int, **extra: Any) -> None:
-    benchmark.extra_info.update(extra)
-    benchmark.extra_info["MiB"] = round(nbytes / MiB, 1)
-    stats = getattr(benchmark, "stats", None)
-    if stats is not None and stats.stats.median > 0:
-        benchmark.extra_info["MiB/s"] = round(nbytes / MiB / stats.stats.median, 1)
 
 
 # -- the per-chunk kernel -------------------------------------------------------
@@ -143,7 +128,7 @@ def test_chunk_hash_compress_64mib(benchmark: Any, data: Data, threads: int) -> 
             return sum(pool.map(lambda c: _one_chunk(comp, c), chunks))
 
         stored = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
-    _record(benchmark, len(buf), threads=threads, stored_MiB=round(stored / MiB, 1))
+    record_throughput(benchmark, len(buf), threads=threads, stored_MiB=round(stored / MiB, 1))
 
 
 # -- snapshots ---------------------------------------------------------------
@@ -160,16 +145,16 @@ def test_first_snapshot(benchmark: Any, data: Data, repos: Repos) -> None:
     def teardown(repo: Repository) -> None:
         repos.drop(repo)
 
-    rep = benchmark.pedantic(lambda repo: _snap(repo, data.a), setup=setup, teardown=teardown, rounds=3)
-    _record(benchmark, data.size, new_chunks=rep["stats"]["new_chunks"])
+    rep = benchmark.pedantic(lambda repo: snapshot_dir(repo, data.a), setup=setup, teardown=teardown, rounds=3)
+    record_throughput(benchmark, data.size, new_chunks=rep["stats"]["new_chunks"])
 
 
 def test_unchanged_snapshot(benchmark: Any, data: Data, repos: Repos) -> None:
     """Snapshot of A again: every file skipped on size and mtime."""
     repo = repos.new(with_a=data.a)
-    rep = benchmark.pedantic(lambda: _snap(repo, data.a), setup=os.sync, rounds=5)
+    rep = benchmark.pedantic(lambda: snapshot_dir(repo, data.a), setup=os.sync, rounds=5)
     assert rep["stats"]["bytes_read"] == 0
-    _record(benchmark, data.size, volumes=VOLUMES)
+    record_throughput(benchmark, data.size, volumes=VOLUMES)
 
 
 def test_changed_snapshot(benchmark: Any, data: Data, repos: Repos) -> None:
@@ -183,8 +168,8 @@ def test_changed_snapshot(benchmark: Any, data: Data, repos: Repos) -> None:
     def teardown(repo: Repository) -> None:
         repos.drop(repo)
 
-    rep = benchmark.pedantic(lambda repo: _snap(repo, data.b), setup=setup, teardown=teardown, rounds=3)
-    _record(
+    rep = benchmark.pedantic(lambda repo: snapshot_dir(repo, data.b), setup=setup, teardown=teardown, rounds=3)
+    record_throughput(
         benchmark, data.size, new_chunks=rep["stats"]["new_chunks"], pack_bytes_added=rep["stats"]["pack_bytes_added"]
     )
 
@@ -210,14 +195,14 @@ def test_restore(benchmark: Any, data: Data, repo_a: Repository, tmp_path: Path,
         return rep.bytes_written
 
     written = benchmark.pedantic(run, setup=setup, teardown=rmtree, rounds=3)
-    _record(benchmark, written, verify_landed=verify_landed)
+    record_throughput(benchmark, written, verify_landed=verify_landed)
 
 
 def test_verify_read_data(benchmark: Any, repo_a: Repository, data: Data) -> None:
     """verify --read-data: every pack read, every chunk decoded and re-hashed."""
     rep = benchmark.pedantic(lambda: verify(repo_a, read_data=True), setup=os.sync, rounds=3)
     assert rep.ok, rep.to_json()
-    _record(benchmark, data.size, pack_MiB_read=round(rep.bytes_read / MiB, 1))
+    record_throughput(benchmark, data.size, pack_MiB_read=round(rep.bytes_read / MiB, 1))
     stats = getattr(benchmark, "stats", None)
     if stats is not None and stats.stats.median > 0:
         benchmark.extra_info["pack MiB/s"] = round(rep.bytes_read / MiB / stats.stats.median, 1)

@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 from benchlib import GeneratorMissing, MiB, find_generator, generate_a, logical_bytes, rmtree
+from benchrepo import record_throughput, snapshot_dir
 
 from catalog.check import verify
 from catalog.repo import Repository
 from toolkit.lab.s3 import MotoS3Server
 from toolkit.objstore import ObjectStore, make_client
 from toolkit.ops.restore import restore
-from toolkit.ops.snapshot import Source, snapshot
 from toolkit.s3repo import S3Access, S3Remote, init_repository, open_repository
 from toolkit.transports.local import LocalTransport
 
@@ -90,7 +90,7 @@ class Repos:
             self.access[id(repo)] = access
         self.open.append(repo)
         if with_a is not None:
-            snap(repo, with_a)
+            snapshot_dir(repo, with_a)
         return repo
 
     def reopen_cold(self, repo: Repository) -> Repository:
@@ -128,21 +128,6 @@ def repos(tmp_path: Path, moto: MotoS3Server) -> Iterator[Repos]:
     r.close()
 
 
-def snap(repo: Repository, src: Path) -> dict[str, Any]:
-    with repo.writing("snapshot"):
-        rep = snapshot(repo, [Source("cur", LocalTransport(src))])
-    assert rep.ok, rep.to_json()
-    return rep.to_json()
-
-
-def record(benchmark: Any, nbytes: int, **extra: Any) -> None:
-    benchmark.extra_info.update(extra)
-    benchmark.extra_info["MiB"] = round(nbytes / MiB, 1)
-    stats = getattr(benchmark, "stats", None)
-    if stats is not None and stats.stats.median > 0:
-        benchmark.extra_info["MiB/s"] = round(nbytes / MiB / stats.stats.median, 1)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_first_snapshot(benchmark: Any, data: Data, repos: Repos, backend: str) -> None:
     """Snapshot of A into an empty repository: every chunk new, every pack uploaded (s3)."""
@@ -154,7 +139,7 @@ def test_first_snapshot(benchmark: Any, data: Data, repos: Repos, backend: str) 
         return (repo,), {}
 
     def run(repo: Repository) -> dict[str, Any]:
-        rep = snap(repo, data.a)
+        rep = snapshot_dir(repo, data.a)
         if isinstance(repo.remote, S3Remote):
             uploaded.append(repo.remote.uploads.bytes)
         repos.drop(repo)
@@ -164,7 +149,7 @@ def test_first_snapshot(benchmark: Any, data: Data, repos: Repos, backend: str) 
     extra = {"pack_MiB": round(rep["stats"]["pack_bytes_added"] / MiB, 1)}
     if uploaded:
         extra["uploaded_MiB"] = round(uploaded[-1] / MiB, 1)
-    record(benchmark, data.size, backend=backend, **extra)
+    record_throughput(benchmark, data.size, backend=backend, **extra)
 
 
 @pytest.mark.parametrize("backend", ["dir", "s3-cold", "s3-warm"])
@@ -192,7 +177,7 @@ def test_restore(benchmark: Any, data: Data, repos: Repos, tmp_path: Path, backe
     rmtree(tmp_path / "warm-up")
     written = benchmark.pedantic(run, setup=setup, teardown=rmtree, rounds=3)
     fetched = holder[0].cache.bytes_fetched if holder[0].cache is not None else 0
-    record(benchmark, written, backend=backend, fetched_MiB_last_round=round(fetched / MiB, 1))
+    record_throughput(benchmark, written, backend=backend, fetched_MiB_last_round=round(fetched / MiB, 1))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -201,4 +186,4 @@ def test_verify_read_data(benchmark: Any, data: Data, repos: Repos, backend: str
     repo = repos.new(backend, with_a=data.a)
     rep = benchmark.pedantic(lambda: verify(repo, read_data=True, open_pack=repo.pack_opener()), rounds=3)
     assert rep.ok, rep.to_json()
-    record(benchmark, data.size, backend=backend, pack_MiB_read=round(rep.bytes_read / MiB, 1))
+    record_throughput(benchmark, data.size, backend=backend, pack_MiB_read=round(rep.bytes_read / MiB, 1))
