@@ -25,9 +25,10 @@ from catalog.keys import unlock as unlock_keys
 from catalog.lock import break_lock
 from catalog.remote import DEFAULT_CACHE_BYTES, break_remote_lock, remote_writer_lock
 from catalog.repo import Repository, read_config
-from catalog.salvage import SalvageReport
 from toolkit import __version__
 from toolkit.config import (
+    CHECK_TIMEOUT_S,
+    MAX_AGE_HOURS,
     TEMPLATE,
     Config,
     default_config_path,
@@ -37,14 +38,10 @@ from toolkit.config import (
 )
 from toolkit.errors import SourceNotDirectory, SourceNotFound
 from toolkit.location import remote_url
-from toolkit.ops.endpoints import DEFAULT_TIMEOUT_S as CHECK_TIMEOUT_S
-from toolkit.ops.endpoints import CheckRow
 from toolkit.ops.restore import parse_as_of, plan_restore
 from toolkit.ops.restore import restore as restore_job
 from toolkit.ops.snapshot import Source
 from toolkit.ops.snapshot import snapshot as snapshot_job
-from toolkit.ops.status import DEFAULT_MAX_AGE_HOURS, render_status_text
-from toolkit.ops.status import status as status_job
 
 # --- commands (after `history`, before `verify`, say) ---
 from toolkit.progress import EVENT_INTERVAL_S, Progress, human_bytes, open_events, setup_logging
@@ -65,7 +62,9 @@ from toolkit.transports.base import Transport
 from toolkit.transports.local import LocalTransport
 
 if TYPE_CHECKING:
+    from catalog.salvage import SalvageReport
     from toolkit.avm import AvmClient
+    from toolkit.ops.endpoints import CheckRow
     from toolkit.s3repo import S3Access
 
 
@@ -731,7 +730,7 @@ def history(c: Ctx, name: str) -> None:
 @click.option(
     "--max-age-hours",
     type=click.FloatRange(0, min_open=True),
-    default=DEFAULT_MAX_AGE_HOURS,
+    default=MAX_AGE_HOURS,
     show_default=True,
     metavar="H",
     help="A volume whose last good capture is older than this is a problem.",
@@ -753,6 +752,9 @@ def status(c: Ctx, max_age_hours: float) -> None:
       toolkit --repo /backup/appstacks status
       toolkit status --max-age-hours 50 --json
     """
+    from toolkit.ops.status import render_status_text
+    from toolkit.ops.status import status as status_job
+
     config = c.config(required=False)
     with c.open() as repo:
         report = status_job(repo, config, datetime.now(UTC), max_age_hours)
@@ -859,6 +861,8 @@ def check(c: Ctx, timeout_s: float) -> None:
 
 def _check_passphrase(c: Ctx, repository: Path, config: Config | None) -> list[CheckRow]:
     """An encrypted repository opens with the passphrase the scheduled jobs get (never a prompt: they have none)."""
+    from toolkit.ops.endpoints import CheckRow
+
     shown = remote_url(repository) or str(repository)
     try:
         local = c.local_root(repository)

@@ -22,6 +22,8 @@ from catalog.errors import Error
 TRANSPORTS: Final = ("local", "sftp", "http")
 WRITABLE_POLICIES: Final = ("skip", "copy", "disable")
 SECRET_COMMAND_TIMEOUT_S: Final = 30.0
+MAX_AGE_HOURS: Final = 26.0  # status: a nightly run, its randomized delay and a long night's run time
+CHECK_TIMEOUT_S: Final = 10.0  # check: per connection and request; a live endpoint answers in well under a second
 # Names of environment variables, not secrets (hence the noqa): an encrypted repository's passphrase,
 # and the new one for `toolkit key add` and `key change`.
 PASSPHRASE_ENV: Final = "TOOLKIT_PASSPHRASE"  # noqa: S105

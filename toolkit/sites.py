@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.errors import Error
-from toolkit.avm import AvmClient, AvmVolume
 from toolkit.config import Config, CopyHostConfig, DatastoreConfig, ManagerConfig, SiteConfig, TlsConfig
 from toolkit.ops.snapshot import Source, Stager, WritableSwitch
 from toolkit.transports.base import Transport
 from toolkit.transports.local import LocalTransport
 
 if TYPE_CHECKING:
+    from toolkit.avm import AvmClient, AvmVolume
     from toolkit.ops.vsan import VsanDestination
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ def tls_verify(tls: TlsConfig) -> bool | str:
 
 
 def manager_client(m: ManagerConfig) -> AvmClient:
+    from toolkit.avm import AvmClient  # the HTTP client loads only when a manager is reached
+
     return AvmClient(
         m.url, m.user, m.password.get(), verify=tls_verify(m.tls), thumbprint_sha256=m.tls.thumbprint_sha256
     )

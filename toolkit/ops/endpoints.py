@@ -38,6 +38,7 @@ from catalog.lock import read_lock
 from catalog.remote import WRITER, parse_lock
 from catalog.repo import read_config
 from toolkit.config import (
+    CHECK_TIMEOUT_S,
     Config,
     CopyHostConfig,
     DatastoreConfig,
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from toolkit.avm import AvmClient
     from toolkit.vsphere import DatastoreInfo
 
-DEFAULT_TIMEOUT_S: Final = 10.0  # per connection and request: a live endpoint answers in well under a second
+DEFAULT_TIMEOUT_S: Final = CHECK_TIMEOUT_S
 BUDGET_TIMEOUTS: Final = 3  # an endpoint gets at most three timeouts in all (connect, log in, list)
 LIST_LIMIT_FILES: Final = 20_000  # a datastore's listing stops here: enough to prove it, bounded on a large one
 KEYSCAN_TYPES: Final = {"ssh-rsa": "rsa", "ssh-ed25519": "ed25519", "ssh-dss": "dsa"}  # else ecdsa

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import posixpath
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from catalog.errors import Error
-from toolkit.avm import AssignmentOutcome, AvmVolume
+
+if TYPE_CHECKING:  # the HTTP client loads only when a manager is reached
+    from toolkit.avm import AssignmentOutcome, AvmVolume
 
 
 class Manager(Protocol):

@@ -38,11 +38,11 @@ from typing import Any, Final
 from catalog.errors import Error
 from catalog.index import Index, SnapshotRow, VersionRow
 from catalog.repo import Repository
-from toolkit.config import Config
+from toolkit.config import MAX_AGE_HOURS, Config
 from toolkit.progress import human_bytes
 
 CAPTURED_STATES: Final = frozenset({"new", "changed", "unchanged"})
-DEFAULT_MAX_AGE_HOURS: Final = 26.0  # a nightly run, its randomized delay and a long night's run time
+DEFAULT_MAX_AGE_HOURS: Final = MAX_AGE_HOURS
 VERIFY_WARN_DAYS: Final = 8.0  # the weekly verify timer plus a day of slack
 RECENT_DELETION_DAYS: Final = 7.0  # older deletions stay in the JSON but leave the text table
 GROWTH_WINDOW_DAYS: Final = 7.0  # pack bytes added over this window, for capacity planning
