@@ -86,7 +86,7 @@ class Ingester:
         *,
         workers: int = DEFAULT_WORKERS,
         keys: RepoKeys | None = None,
-        pending_trim: int = PENDING_TRIM,
+        pending_trim: int | None = None,
     ) -> None:
         self.index = index
         # An encrypted repository's keys: keyed chunk ids, encrypted records, sealed SHA-256 fields.
@@ -102,8 +102,8 @@ class Ingester:
         self._pending_lock = threading.Lock()
         # Chunks whose pack is sealed are in the catalog: they leave _pending every so many, so memory
         # stays bounded by what is not sealed yet, whatever a session stores.
-        self.trim_every = pending_trim
-        self._next_trim = pending_trim
+        self.trim_every = pending_trim or PENDING_TRIM
+        self._next_trim = self.trim_every
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from catalog.errors import Locked, StoreNotFound
+from catalog.ingest import Ingester
 from catalog.lock import writer_lock
 from catalog.repo import Repository, read_pack_index
 from catalog.types import TYPE_DATA
@@ -162,9 +163,18 @@ def test_copy_rerun_and_incremental_copy(site: Site, tmp_path: Path) -> None:
 
 
 def test_as_of_and_volume_selection(site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The ingester forgets what it stored every 16 chunks (its packs sealed and indexed first), as it does
-    # every 65536 in a long copy: nothing may be stored twice or lost for it.
-    monkeypatch.setattr("toolkit.ops.copy.FORGET_AFTER_CHUNKS", 16)
+    # Small packs, and an ingester that forgets the chunks of indexed packs every 16 it stores (every 16384
+    # in a long copy): nothing may be stored twice or lost for it.
+    monkeypatch.setattr("catalog.ingest.PENDING_TRIM", 16)
+    monkeypatch.setenv("TOOLKIT_PACK_MAX_BYTES", str(256 << 10))
+    trims: list[int] = []
+    trim = Ingester._trim_pending
+
+    def counted_trim(self: Ingester) -> None:
+        trim(self)
+        trims.append(self.pending_count)
+
+    monkeypatch.setattr(Ingester, "_trim_pending", counted_trim)
     (first_id,) = site.captured
     change(site.ds, "Alpha", seed=2)
     change(site.ds, "Gamma", seed=3)
@@ -178,7 +188,8 @@ def test_as_of_and_volume_selection(site: Site, tmp_path: Path, monkeypatch: pyt
     older = site.copy(dest.repo, "--as-of", first_id[:10])
     assert older["snapshots_copied"] == 1 and set(documents(dest.repo)) == {first_id}
     assert older["chunks_sent"] == planned["chunks_sent"]
-    assert len(list(dest.repo.glob("packs/*/*"))) >= older["chunks_sent"] // 16
+    assert trims and min(trims) < 16  # it did forget chunks while copying
+    assert len(list(dest.repo.glob("packs/*/*"))) >= older["stored_bytes_sent"] // (256 << 10)
     stored = [e.chunk_id for path in dest.repo.glob("packs/*/*") for e in read_pack_index(path, path.name)]
     assert len(stored) == len(set(stored))  # no chunk (or manifest) stored twice
 

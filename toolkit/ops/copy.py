@@ -47,9 +47,6 @@ Event = Callable[[str, dict[str, Any]], None]
 READ_WORKERS: Final = 2  # source chunks read, decoded and checked at once (the work releases the GIL)
 READ_AHEAD: Final = 8  # chunks in flight per file: memory stays at a few chunks whatever the file size
 ID_PROBE: Final = b"appstack-toolkit copy: chunk id scheme probe"  # hashed by both sides to compare schemes
-# The ingester remembers each chunk it stored until its pack is indexed; sealing the open pack after this
-# many lets it forget them, so a first copy of terabytes holds a few MiB of ids, not one entry per chunk.
-FORGET_AFTER_CHUNKS: Final = 1 << 16
 
 
 class ChunkSizeMismatch(Error):
@@ -204,8 +201,9 @@ class _Copier:
         self.source = source
         self.dest = dest
         self.writer = writer  # None: a dry run, which only counts
+        # One ingester for the whole copy: it forgets the chunks whose packs are sealed and indexed, so a
+        # first copy of terabytes holds the ids of the open packs only, not one entry per chunk.
         self.ingester = self._new_ingester()
-        self._stored = 0  # chunks the ingester stored since it was made
         self.stats = stats
         self.emit = emit
         self.pool = ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="copy-read")
@@ -220,13 +218,9 @@ class _Copier:
         return Ingester(self.dest.index, self.writer, config.chunk_size, Compressor(config.zstd_level))
 
     def seal(self) -> None:
-        """Make every chunk stored so far durable and indexed (the catalog then knows them, not the ingester)."""
-        if self.writer is None:
-            return
-        self.writer.seal()
-        if self.ingester is not None:
-            self.ingester.close()
-        self.ingester, self._stored = self._new_ingester(), 0
+        """Make every chunk stored so far durable and indexed."""
+        if self.writer is not None:
+            self.writer.seal()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -330,9 +324,6 @@ class _Copier:
         self.stats.chunks_present += st.chunks - st.holes - st.new_chunks
         log.debug("copied %s: %d of %d chunks sent", f["path"], st.new_chunks, st.chunks - st.holes)
         self.by_digest[f["digest"]] = result.manifest_id
-        self._stored += st.new_chunks
-        if self._stored >= FORGET_AFTER_CHUNKS:
-            self.seal()
         return {**f, "manifest": result.manifest_id.hex()}
 
     def _count(self, locs: list[ChunkLocation | None]) -> None:
