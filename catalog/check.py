@@ -493,7 +493,7 @@ def verify_files(
     repo: Repository, files: Iterable[FileToCheck], *, workers: int = 2, progress: Progress | None = None
 ) -> VerifyReport:
     """Reassemble exactly these files through the restore path (every chunk read and checked), writing nothing."""
-    from catalog.assemble import restore_file
+    from catalog.assemble import restore_file_blocks
 
     report = VerifyReport("restore-path")
     seen: dict[bytes, str | None] = {}
@@ -507,7 +507,8 @@ def verify_files(
                 try:
                     manifest = load_manifest(repo.index, repo.reader, f.manifest_id)
                     packs.update(loc.pack_id for loc in repo.index.locate_many(manifest.chunk_ids).values())
-                    got = restore_file(
+                    # The restore path with each worker's reused buffer, writing nothing.
+                    got = restore_file_blocks(
                         repo.index, repo.reader, manifest, lambda _off, _data: None, pool=pool, progress=progress
                     )
                     report.bytes_read += manifest.file_size

@@ -476,12 +476,15 @@ def spot_check_blocks(manifest: Manifest, count: int) -> tuple[int, dict[int, in
 def landed_digest(dest: Transport, path: str, size: int, chunk_size: int) -> str:
     """The file digest of what is at ``path`` on the destination.
 
-    Computed where the file is when the transport can (an SSH host), else read
-    back through the transport; all-zero blocks are recognised without hashing.
+    Computed where the file is when the transport can (an SSH host), by a thread
+    per core on a local datastore, else read back through the transport; all-zero
+    blocks are recognised without hashing.
     """
     on_host = getattr(dest, "file_digest", None)
     if on_host is not None:
         return str(on_host(path, chunk_size))
+    if isinstance(dest, LocalTransport):
+        return dest.threaded_digest(path, chunk_size)
     ranges_of = getattr(dest, "data_ranges", None)
     ranges = ranges_of(path) if ranges_of is not None else None
     digest = FileDigest()
