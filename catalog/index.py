@@ -171,6 +171,9 @@ class Index:
         # as packs do, which the queries below unseal, and a SHA-256 names a chunk only through the id key.
         self.keys: RepoKeys | None = None
         self._lock = threading.RLock()
+        self.readonly = readonly
+        self._local = threading.local()  # each ingest worker's own connection for chunk look-ups
+        self._lookups: list[sqlite3.Connection] = []
         try:
             if readonly:
                 conn = _connect_readonly(path)
@@ -216,7 +219,28 @@ class Index:
         return sqlite_utils.Database(self.conn)
 
     def close(self) -> None:
+        with self._lock:
+            for conn in self._lookups:
+                conn.close()
+            self._lookups.clear()
         self.conn.close()
+
+    def _lookup_conn(self) -> sqlite3.Connection | None:
+        """This thread's own connection for chunk look-ups (None: use the shared one, under the lock).
+
+        In WAL mode it reads the last committed state while another thread commits a pack's
+        rows, so the ingest workers never wait for the pack writer's transactions.
+        """
+        if self.readonly:
+            return None
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            self._local.conn = conn
+            with self._lock:
+                self._lookups.append(conn)
+        return conn
 
     # -- chunks and packs -------------------------------------------------
 
@@ -225,8 +249,14 @@ class Index:
         return stored if self.keys is None else self.keys.unseal_sha256(chunk_id, stored)
 
     def chunk_sha256(self, chunk_id: ChunkId) -> bytes | None:
-        with self._lock:
-            row = self.conn.execute("SELECT sha256 FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
+        """The SHA-256 of a chunk the catalog holds (committed rows only, when called from a worker)."""
+        sql = "SELECT sha256 FROM chunks WHERE id = ?"
+        conn = self._lookup_conn()
+        if conn is not None:
+            row = conn.execute(sql, (chunk_id,)).fetchone()
+        else:
+            with self._lock:
+                row = self.conn.execute(sql, (chunk_id,)).fetchone()
         return None if row is None else self._sha256(chunk_id, bytes(row[0]))
 
     def chunk_by_sha256(self, sha256: bytes, raw_size: int) -> ChunkId | None:
