@@ -898,18 +898,27 @@ def _check_passphrase(c: Ctx, repository: Path, config: Config | None) -> list[C
 )
 @click.option("--user", help="User the jobs run as (default: the repository's owner).")
 @click.option("--cron", is_flag=True, help="One cron file instead of systemd units, for hosts without systemd.")
+@click.option(
+    "--name",
+    metavar="NAME",
+    help="Name the units appstack-toolkit-NAME-JOB (cron: appstack-toolkit-NAME), so one host can run the timers "
+    "of several configurations (default: appstack-toolkit-JOB).",
+)
 @pass_ctx
-def schedule(c: Ctx, install_dir: Path | None, user: str | None, cron: bool) -> None:
-    """Timers for the nightly snapshot and the weekly and monthly verify (systemd, or cron).
+def schedule(c: Ctx, install_dir: Path | None, user: str | None, cron: bool, name: str | None) -> None:
+    """Timers for the nightly snapshot, weekly verify and weekly prune (systemd, or cron).
 
     Nightly at 02:30 (plus up to 15 min): snapshot, at idle CPU and I/O
     priority. Sundays at 04:00: verify --read-data-subset 15, except on the
-    first Sunday of the month: verify --read-data. Each job runs this toolkit
-    with the current --config and --repo as --user, reads secrets from
+    first Sunday of the month: verify --read-data. Saturdays at 12:00 (plus up
+    to 30 min), when the configuration has a [retention] table: prune with its
+    keep_* values as options (--keep-daily 14 …); without one no prune job is
+    written, and the output says so. Each job runs this toolkit with the
+    current --config and --repo as --user, reads secrets from
     /etc/appstack-toolkit/env (KEY=value lines) when it exists, and runs at boot
     when the machine was off at the scheduled time. A non-zero exit leaves the
     unit failed, so exit 1 (problems found) reaches systemctl --failed and
-    monitoring.
+    monitoring. Run it again after changing [retention].
 
     \b
     Example:
@@ -917,7 +926,9 @@ def schedule(c: Ctx, install_dir: Path | None, user: str | None, cron: bool) -> 
       toolkit --config /etc/appstack-toolkit/config.toml schedule --user appstack --install /etc/systemd/system
       systemctl daemon-reload
       systemctl enable --now appstack-toolkit-snapshot.timer appstack-toolkit-verify.timer \\
-        appstack-toolkit-verify-data.timer
+        appstack-toolkit-verify-data.timer appstack-toolkit-prune.timer
+      toolkit --config /etc/appstack-toolkit/dc2.toml schedule --name dc2 --user appstack \\
+        --install /etc/systemd/system          # appstack-toolkit-dc2-snapshot.timer, ...
     """
     config = c.config()  # the jobs need it; better to fail now than every night
     if config is None or not config.sites:
@@ -927,23 +938,33 @@ def schedule(c: Ctx, install_dir: Path | None, user: str | None, cron: bool) -> 
     config_path = config.path.expanduser().absolute()
     run_as = user or (repository_owner(repository) if repository is not None else None) or getpass.getuser()
     check_user(run_as, repository)
-    spec = Schedule(toolkit_command(sys.argv[0], sys.executable), config_path, run_as, repository, repository_url=url)
+    command = toolkit_command(sys.argv[0], sys.executable)
+    spec = Schedule(command, config_path, run_as, repository, repository_url=url, name=name, retention=config.retention)
     files = [cron_file(spec)] if cron else systemd_units(spec)
     written = install(files, install_dir) if install_dir is not None else []
     timers = timer_names(files)
+    no_prune = (
+        None
+        if config.retention is not None
+        else f"no prune job: {config_path} has no [retention] (see docs/configuration.md); prune by hand"
+    )
     if not written:
-        text = format_units(files)
-    elif cron:
-        text = f"wrote {written[0]}\nnext: install -d -o {run_as} -m 0750 /var/log/appstack-toolkit"
+        text = format_units(files) + (f"\n# {no_prune}" if no_prune else "")
     else:
-        text = "\n".join(f"wrote {p}" for p in written)
-        text += f"\nnext: systemctl daemon-reload && systemctl enable --now {' '.join(timers)}"
+        text = "\n".join(f"wrote {p}" for p in written) + (f"\n{no_prune}" if no_prune else "")
+        if cron:
+            text += f"\nnext: install -d -o {run_as} -m 0750 /var/log/appstack-toolkit"
+        else:
+            text += f"\nnext: systemctl daemon-reload && systemctl enable --now {' '.join(timers)}"
     c.emit(
         {
             "user": run_as,
+            "name": name,
+            "jobs": [{"name": job.name, "args": list(job.args)} for job in spec.jobs],
             "files": [{"name": f.name, "text": f.text} for f in files],
             "installed": [str(p) for p in written],
             "timers": timers,
+            "warnings": [no_prune] if no_prune else [],
         },
         text,
     )

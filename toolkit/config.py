@@ -7,6 +7,7 @@ in ``repr``, logs or errors. See docs/configuration.md.
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import stat
@@ -180,6 +181,22 @@ class NotifyConfig:
     ca_bundle: Path | None = None
 
 
+# The [retention] counts, named as `toolkit prune`'s options (--keep-daily …) with underscores.
+RETENTION_COUNTS: Final = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """``[retention]``: the policy the scheduled prune applies (toolkit/schedule.py); at least one count above 0."""
+
+    keep_last: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+    keep_deleted_days: float | None = None  # None: a deleted volume's last version is kept forever
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: Path
@@ -187,6 +204,7 @@ class Config:
     sites: tuple[SiteConfig, ...]
     passphrase: Secret | None = None  # passphrase_file / passphrase_command: an encrypted repository's
     notify: NotifyConfig | None = None  # [notify]: who hears about a job's outcome
+    retention: RetentionConfig | None = None  # [retention]: what the scheduled weekly prune keeps; None: no prune
 
     def site(self, name: str) -> SiteConfig | None:
         return next((s for s in self.sites if s.name == name), None)
@@ -219,13 +237,14 @@ def _parse(path: Path, data: dict[str, Any], private: bool) -> Config:
     sites_raw = data.get("sites", {})
     if not isinstance(sites_raw, dict):
         raise ConfigError(path=path, detail="[sites] must be a table of sites")
-    unknown = set(data) - {"repository", "sites", "passphrase_file", "passphrase_command", "notify"}
+    unknown = set(data) - {"repository", "sites", "passphrase_file", "passphrase_command", "notify", "retention"}
     if unknown:
         raise ConfigError(path=path, detail=f"unknown top-level key(s): {', '.join(sorted(unknown))}")
     sites = tuple(reader.site(name, raw) for name, raw in sites_raw.items())
     repository = Path(repo).expanduser() if isinstance(repo, str) else None
     notify = reader.notify(data["notify"]) if "notify" in data else None
-    return Config(path, repository, sites, _passphrase(path, data), notify)
+    retention = reader.retention(data["retention"]) if "retention" in data else None
+    return Config(path, repository, sites, _passphrase(path, data), notify, retention)
 
 
 def _passphrase(path: Path, data: dict[str, Any]) -> Secret | None:
@@ -345,6 +364,28 @@ class _Reader:
             raise self.fail(where, "ca_bundle must be a path")
         when: Literal["problem", "always"] = "always" if on == "always" else "problem"
         return NotifyConfig(command, url, when, float(timeout), Path(ca).expanduser() if ca else None)
+
+    def retention(self, raw_retention: object) -> RetentionConfig:
+        where = "[retention]"
+        raw = self.table(raw_retention, where)
+        unknown = set(raw) - {*RETENTION_COUNTS, "keep_deleted_days"}
+        if unknown:
+            known = ", ".join([*RETENTION_COUNTS, "keep_deleted_days"])
+            raise self.fail(where, f"unknown key(s): {', '.join(sorted(unknown))} (known: {known})")
+        counts: dict[str, int] = {}
+        for key in RETENTION_COUNTS:
+            value = raw.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise self.fail(where, f"{key} must be a whole number, 0 or more")
+            counts[key] = value
+        if not any(counts.values()):
+            raise self.fail(where, f"the policy keeps no snapshot: give one of {', '.join(RETENTION_COUNTS)} above 0")
+        days = raw.get("keep_deleted_days")
+        if days is not None and (
+            isinstance(days, bool) or not isinstance(days, int | float) or not math.isfinite(days) or days < 0
+        ):
+            raise self.fail(where, "keep_deleted_days must be a number of days, 0 or more (leave it out: forever)")
+        return RetentionConfig(**counts, keep_deleted_days=None if days is None else float(days))
 
     def site(self, name: str, raw_site: object) -> SiteConfig:
         where = f"[sites.{name}]"
@@ -517,4 +558,10 @@ path = "/vmfs/volumes/appstacks-vmfs"
 # command = "/usr/local/bin/page-vdi-team"  # gets the job's JSON result on stdin (run without a shell)
 # url = "https://hooks.example.com/appstack" # or a webhook: the same JSON, POSTed (TLS verified)
 # on = "problem"                   # problem (non-zero exit) | always
+
+# [retention]                      # with it, toolkit schedule adds a weekly prune (Saturdays 12:00) that keeps
+# keep_daily = 14                  # the newest snapshot of each of the last 14 days,
+# keep_weekly = 8                  # of each of the last 8 ISO weeks
+# keep_monthly = 12                # and of each of the last 12 months (also: keep_last, keep_yearly)
+# keep_deleted_days = 365          # a deleted volume's last version: this many days (left out: forever)
 """

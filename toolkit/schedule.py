@@ -1,13 +1,21 @@
-"""Timers for the three routine jobs: systemd units, or a cron file for hosts without systemd.
+"""Timers for the routine jobs: systemd units, or a cron file for hosts without systemd.
 
 | job | when | command |
 |---|---|---|
 | snapshot | nightly 02:30 (+ up to 15 min) | ``toolkit snapshot`` |
 | verify | Sundays 04:00, except the first of the month | ``toolkit verify --read-data-subset 15`` |
 | verify-data | the first Sunday of the month, 04:00 | ``toolkit verify --read-data`` |
+| prune | Saturdays 12:00 (+ up to 30 min), with a ``[retention]`` | ``toolkit prune --keep-… N …`` |
 
 Fifteen percent a week reads every pack within seven weeks; the monthly full read
-bounds that at a month. The two verify jobs never fall on the same day.
+bounds that at a month. The two verify jobs never fall on the same day. Prune
+runs only when the configuration has a retention policy, whose values become its
+options; it runs at midday, well after the night's snapshot and a day before the
+Sunday verify, because it needs the writer lock and no reader (it exits 3 otherwise).
+
+Units are named ``appstack-toolkit-JOB``, or with a schedule name
+``appstack-toolkit-NAME-JOB``, so one host can hold the timers of several
+configurations (sites); the cron file is ``appstack-toolkit[-NAME]`` likewise.
 
 Every non-zero exit code stays a failure: exit 1 (the job ran and found or left
 problems) must reach ``systemctl --failed``, ``OnFailure=`` and monitoring, so no
@@ -30,11 +38,15 @@ from pathlib import Path
 from typing import Final
 
 from catalog.errors import Error
+from toolkit.config import RETENTION_COUNTS, RetentionConfig
 
 UNIT_PREFIX: Final = "appstack-toolkit"
 ENV_FILE: Final = Path("/etc/appstack-toolkit/env")  # KEY=value lines, mode 0600; optional
 LOG_DIR: Final = Path("/var/log/appstack-toolkit")  # cron only: the output of each job's last run
 CRON_FILE: Final = "appstack-toolkit"  # a file name /etc/cron.d accepts (no dot)
+# A schedule name: a word that is safe in a unit name, an /etc/cron.d file name (run-parts: no dot) and a log
+# file name, and that cannot be read as a systemd template instance (no @) or a path.
+SCHEDULE_NAME: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,30}[A-Za-z0-9])?")
 UNIT_MODE: Final = 0o644  # systemd and cron read these as root; they hold no secret
 # systemd's relaxed user-name rule: what User= accepts besides a numeric id.
 USER_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?")
@@ -48,9 +60,17 @@ class ScheduleInvalid(Error):
     code = "schedule_invalid"
 
 
+class ScheduleNameInvalid(Error):
+    template = (
+        "{name!r} cannot name timers: use up to 32 letters, digits, - and _, starting and ending with a letter or digit"
+    )
+    hint = "e.g. toolkit schedule --name dc1 (units appstack-toolkit-dc1-snapshot.timer, …)"
+    code = "schedule_name_invalid"
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
-    name: str  # unit name: appstack-toolkit-<name>.service / .timer
+    name: str  # unit name: appstack-toolkit-[NAME-]<name>.service / .timer
     description: str
     args: tuple[str, ...]  # after the global options
     on_calendar: str  # systemd calendar expression
@@ -99,6 +119,38 @@ JOBS: Final = (
 )
 
 
+def prune_job(retention: RetentionConfig) -> Job:
+    """The weekly prune with the policy's values as ``prune`` options (counts of 0 are left out)."""
+    args = ["prune"]
+    for key in RETENTION_COUNTS:  # keep_daily → --keep-daily
+        count = getattr(retention, key)
+        if count:
+            args += ["--" + key.replace("_", "-"), str(count)]
+    if retention.keep_deleted_days is not None:
+        days = retention.keep_deleted_days
+        args += ["--keep-deleted-days", str(int(days)) if float(days).is_integer() else repr(float(days))]
+    return Job(
+        name="prune",
+        description="weekly prune of the snapshots the retention policy does not keep",
+        args=tuple(args),
+        # Saturday midday: the night's snapshot (02:30) is long done and the Sunday verify (04:00) far off.
+        on_calendar="Sat *-*-* 12:00:00",
+        randomized_delay="30min",
+        cron_time="0 12 * * 6",
+        cron_skip="",
+        # It holds the writer lock: best-effort priority like verify, so it finishes rather than starves.
+        background=False,
+        # Killed (safely: a crash leaves only unreferenced data, collected next time) before it could hold the
+        # writer lock at the nightly snapshot: 12:00 + 30 min + 12 h ends by 00:30.
+        timeout="12h",
+    )
+
+
+def jobs_for(retention: RetentionConfig | None) -> tuple[Job, ...]:
+    """The routine jobs, plus the weekly prune when the configuration has a retention policy."""
+    return JOBS if retention is None else (*JOBS, prune_job(retention))
+
+
 @dataclass(frozen=True, slots=True)
 class Schedule:
     """What every job runs: ``command --config CONFIG [--repo REPOSITORY] ARGS`` as ``user``."""
@@ -109,8 +161,21 @@ class Schedule:
     repository: Path | None = None  # given as --repo (and mounted before the job); else the configuration's
     env_file: Path = ENV_FILE
     repository_url: str | None = None  # an s3:// repository given as --repo (nothing to mount)
+    name: str | None = None  # units appstack-toolkit-NAME-JOB; None: appstack-toolkit-JOB, one set per host
+    retention: RetentionConfig | None = None  # the configuration's [retention]: adds the weekly prune job
+
+    @property
+    def jobs(self) -> tuple[Job, ...]:
+        return jobs_for(self.retention)
+
+    @property
+    def prefix(self) -> str:
+        """What every file name starts with: ``appstack-toolkit`` or ``appstack-toolkit-NAME``."""
+        return UNIT_PREFIX if self.name is None else f"{UNIT_PREFIX}-{self.name}"
 
     def check(self) -> None:
+        if self.name is not None and not SCHEDULE_NAME.fullmatch(self.name):
+            raise ScheduleNameInvalid(name=self.name)
         if not self.command or not Path(self.command[0]).is_absolute():
             raise ScheduleInvalid(detail=f"the toolkit executable {' '.join(self.command)!r} is not an absolute path")
         for what, path in (("configuration", self.config), ("repository", self.repository), ("env", self.env_file)):
@@ -200,11 +265,15 @@ EXIT_CODES: Final = """\
 """
 
 
+def _title(schedule: Schedule) -> str:
+    return "AppStack toolkit" if schedule.name is None else f"AppStack toolkit {schedule.name}"
+
+
 def service_unit(schedule: Schedule, job: Job) -> UnitFile:
     lines = [
         HEADER.rstrip("\n"),
         "[Unit]",
-        f"Description=AppStack toolkit: {job.description}",
+        f"Description={_title(schedule)}: {job.description}",
         "Wants=network-online.target",
         "After=network-online.target remote-fs.target",
     ]
@@ -227,13 +296,13 @@ def service_unit(schedule: Schedule, job: Job) -> UnitFile:
         lines += ["Nice=5", "IOSchedulingClass=best-effort", "IOSchedulingPriority=7"]
     if job.timeout is not None:
         lines.append(f"TimeoutStartSec={job.timeout}")
-    return UnitFile(f"{UNIT_PREFIX}-{job.name}.service", "\n".join(lines) + "\n")
+    return UnitFile(f"{schedule.prefix}-{job.name}.service", "\n".join(lines) + "\n")
 
 
-def timer_unit(job: Job) -> UnitFile:
+def timer_unit(schedule: Schedule, job: Job) -> UnitFile:
     text = (
         HEADER + "[Unit]\n"
-        f"Description=AppStack toolkit timer: {job.description}\n"
+        f"Description={_title(schedule)} timer: {job.description}\n"
         "\n"
         "[Timer]\n"
         f"OnCalendar={job.on_calendar}\n"
@@ -244,47 +313,54 @@ def timer_unit(job: Job) -> UnitFile:
         "[Install]\n"
         "WantedBy=timers.target\n"
     )
-    return UnitFile(f"{UNIT_PREFIX}-{job.name}.timer", text)
+    return UnitFile(f"{schedule.prefix}-{job.name}.timer", text)
 
 
-def systemd_units(schedule: Schedule, jobs: Iterable[Job] = JOBS) -> list[UnitFile]:
-    """A service and a timer per job."""
+def systemd_units(schedule: Schedule, jobs: Iterable[Job] | None = None) -> list[UnitFile]:
+    """A service and a timer per job (default: the schedule's)."""
     schedule.check()
     units = []
-    for job in jobs:
-        units += [service_unit(schedule, job), timer_unit(job)]
+    for job in schedule.jobs if jobs is None else jobs:
+        units += [service_unit(schedule, job), timer_unit(schedule, job)]
     return units
 
 
 def cron_line(schedule: Schedule, job: Job, log_dir: Path = LOG_DIR) -> str:
     """One /etc/cron.d line; prints a line (which cron mails) only when the job exits non-zero."""
-    log = _sh_word(str(log_dir / f"{job.name}.log"))
+    log = _sh_word(str(log_dir / log_name(schedule, job)))
     env = _sh_word(str(schedule.env_file))
     run = " ".join(_sh_word(a) for a in schedule.argv(job))
     if job.background:
         run = f"nice -n 10 ionice -c 3 {run}"
     body = f"(set -a; [ ! -r {env} ] || . {env}; set +a; exec {run}) >{log} 2>&1"
-    alert = f'echo "toolkit {" ".join(job.args)} exited with $? (see {log})"'
+    who = "" if schedule.name is None else f"{schedule.prefix}: "
+    alert = f'echo "{who}toolkit {" ".join(job.args)} exited with $? (see {log})"'
     command = f"{body} || {alert}"
     if job.cron_skip:
         command = f"{job.cron_skip} || {command}"
     return f"{job.cron_time} {schedule.user} {command.replace('%', chr(92) + '%')}"
 
 
-def cron_file(schedule: Schedule, jobs: Iterable[Job] = JOBS, log_dir: Path = LOG_DIR) -> UnitFile:
-    """The jobs as an /etc/cron.d file (with a user field)."""
+def log_name(schedule: Schedule, job: Job) -> str:
+    """The file in the log directory with the output of a cron job's last run: JOB.log, or NAME-JOB.log."""
+    return f"{job.name}.log" if schedule.name is None else f"{schedule.name}-{job.name}.log"
+
+
+def cron_file(schedule: Schedule, jobs: Iterable[Job] | None = None, log_dir: Path = LOG_DIR) -> UnitFile:
+    """The jobs (default: the schedule's) as an /etc/cron.d file (with a user field)."""
     schedule.check()
+    job_log = "JOB.log" if schedule.name is None else f"{schedule.name}-JOB.log"
     text = (
-        "# /etc/cron.d/appstack-toolkit, generated by `toolkit schedule --cron`: the jobs of the systemd timers.\n"
+        f"# /etc/cron.d/{schedule.prefix}, generated by `toolkit schedule --cron`: the jobs of the systemd timers.\n"
         "# cron ignores exit codes, so each job prints one line when it exits non-zero (1 problems found,\n"
-        f"# 2 bad usage or configuration, 3 repository locked) and cron mails it. {log_dir}/JOB.log holds\n"
+        f"# 2 bad usage or configuration, 3 repository locked) and cron mails it. {log_dir}/{job_log} holds\n"
         "# the output of the last run; create that directory, writable by the user, first.\n"
         "SHELL=/bin/sh\n"
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
         "MAILTO=root\n"
     )
-    text += "".join(cron_line(schedule, job, log_dir) + "\n" for job in jobs)
-    return UnitFile(CRON_FILE, text)
+    text += "".join(cron_line(schedule, job, log_dir) + "\n" for job in (schedule.jobs if jobs is None else jobs))
+    return UnitFile(CRON_FILE if schedule.name is None else schedule.prefix, text)
 
 
 def format_units(units: Iterable[UnitFile]) -> str:

@@ -16,17 +16,20 @@ from pathlib import Path
 
 import pytest
 
+from toolkit.config import TEMPLATE, ConfigError, RetentionConfig, load_config
 from toolkit.lab.corpus import make_volume
 from toolkit.schedule import (
     ENV_FILE,
     JOBS,
     Schedule,
     ScheduleInvalid,
+    ScheduleNameInvalid,
     check_user,
     cron_file,
     cron_line,
     format_units,
     install,
+    prune_job,
     repository_owner,
     systemd_units,
     timer_names,
@@ -362,3 +365,353 @@ def test_jobs_of_a_repository_in_object_storage_name_its_url_and_mount_nothing(t
     assert data["user"] == getpass.getuser()
     with pytest.raises(ScheduleInvalid):
         spec(tmp_path, repository=tmp_path / "repo", repository_url="s3://b/p").check()
+
+
+# --- the weekly prune ([retention]) and schedule names (--name) ---
+
+RETENTION = RetentionConfig(keep_daily=14, keep_weekly=8, keep_monthly=12, keep_deleted_days=30.0)
+SITE = '[sites.lab.datastores.ds1]\npath = "{ds}"\n'
+
+
+def test_without_retention_there_is_no_prune_job(tmp_path: Path) -> None:
+    assert [j.name for j in spec(tmp_path).jobs] == ["snapshot", "verify", "verify-data"]
+    assert not any("prune" in u.name or "prune" in u.text for u in systemd_units(spec(tmp_path)))
+    assert " prune" not in cron_file(spec(tmp_path)).text
+
+
+def test_retention_adds_a_prune_service_and_timer(tmp_path: Path) -> None:
+    sched = spec(tmp_path, repository=tmp_path / "repo", retention=RETENTION)
+    units = systemd_units(sched)
+    names = [u.name for u in units]
+    assert names[-2:] == ["appstack-toolkit-prune.service", "appstack-toolkit-prune.timer"]
+    assert len(names) == 8
+    for name in names[-2:]:
+        sections = unit(units, name)
+        expected = SERVICE_KEYS if name.endswith(".service") else TIMER_KEYS
+        assert set(sections) == set(expected)
+        for section, keys in sections.items():
+            assert set(keys) <= expected[section], (name, section)
+    prune = unit(units, "appstack-toolkit-prune.service")
+    service = prune["Service"]
+    assert exec_argv(service["ExecStart"]) == [
+        *PYTHON,
+        "--config",
+        str(tmp_path / "toolkit.toml"),
+        "--repo",
+        str(tmp_path / "repo"),
+        "prune",
+        "--keep-daily",
+        "14",
+        "--keep-weekly",
+        "8",
+        "--keep-monthly",
+        "12",
+        "--keep-deleted-days",
+        "30",
+    ]
+    assert prune["Unit"]["RequiresMountsFor"] == str(tmp_path / "repo")
+    # Same rules as the other jobs: exit codes stay failures, secrets from the env file; the priority of verify
+    # (it holds the writer lock: it must finish, not starve), and a limit so it never meets the next snapshot.
+    assert "SuccessExitStatus" not in units[-2].text
+    assert service["EnvironmentFile"] == "-/etc/appstack-toolkit/env"
+    assert (service["Nice"], service["IOSchedulingClass"], service["IOSchedulingPriority"]) == ("5", "best-effort", "7")
+    assert service["TimeoutStartSec"] == "12h"
+    timer = unit(units, "appstack-toolkit-prune.timer")
+    assert timer["Timer"] == {"OnCalendar": "Sat *-*-* 12:00:00", "RandomizedDelaySec": "30min", "Persistent": "true"}
+    assert timer["Install"]["WantedBy"] == "timers.target"
+    assert "\n0 12 * * 6 " in cron_file(sched).text
+
+
+def test_prune_options_follow_the_policy() -> None:
+    assert prune_job(RetentionConfig(keep_last=3)).args == ("prune", "--keep-last", "3")
+    assert prune_job(RetentionConfig(keep_yearly=5, keep_deleted_days=0.5)).args == (
+        "prune",
+        "--keep-yearly",
+        "5",
+        "--keep-deleted-days",
+        "0.5",
+    )
+    every = RetentionConfig(1, 2, 3, 4, 5, 0.0)
+    assert prune_job(every).args == (
+        "prune",
+        *("--keep-last", "1", "--keep-daily", "2", "--keep-weekly", "3"),
+        *("--keep-monthly", "4", "--keep-yearly", "5", "--keep-deleted-days", "0"),
+    )
+
+
+def _timespan_s(text: str) -> int:
+    units = {"h": 3600, "min": 60}
+    number = text.rstrip("hmin")
+    return int(number) * units[text[len(number) :]]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_prune_runs_on_saturdays_apart_from_the_snapshot_and_the_verifies() -> None:
+    job = prune_job(RETENTION)
+    out = subprocess.run(
+        ["systemd-analyze", "calendar", "--iterations=60", job.on_calendar],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TZ": "UTC", "LC_ALL": "C"},
+    ).stdout
+    runs = [w for line in out.splitlines() for w in line.split() if len(w) == 10 and w[4] == "-"]
+    times = {w for line in out.splitlines() for w in line.split() if len(w) == 8 and w[2] == ":"}
+    assert len(runs) == 60
+    assert all(date.fromisoformat(d).weekday() == 5 for d in runs)  # Saturday: never a verify day (Sunday)
+    assert times == {"12:00:00"}
+    # The latest start plus the time limit ends before the next night's snapshot (02:30, next day).
+    latest_end_s = 12 * 3600 + _timespan_s(job.randomized_delay) + _timespan_s(str(job.timeout))
+    assert latest_end_s < (24 + 2) * 3600 + 30 * 60
+    # And it starts well after the night's snapshot could start (02:30 + 15 min).
+    assert 12 * 3600 - (2 * 3600 + 45 * 60) >= 9 * 3600
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verify_accepts_named_units_and_the_prune_job(tmp_path: Path) -> None:
+    exe = tmp_path / "bin" / "toolkit"
+    exe.parent.mkdir()
+    exe.write_text("#!/bin/sh\nexit 0\n")
+    exe.chmod(0o755)
+    units = systemd_units(spec(tmp_path, command=(str(exe),), repository=tmp_path / "repo", retention=RETENTION))
+    units += systemd_units(
+        spec(tmp_path, command=(str(exe),), repository=tmp_path / "repo", retention=RETENTION, name="dc2-site_b")
+    )
+    written = install(units, tmp_path / "units")
+    assert len(written) == 16
+    r = subprocess.run(["systemd-analyze", "verify", *map(str, written)], capture_output=True, text=True, check=False)
+    noise = [line for line in r.stderr.splitlines() if "Failed to" in line or "Unknown" in line or "bad" in line]
+    assert r.returncode == 0 and not noise, r.stderr
+
+
+def test_the_prune_service_command_prunes_the_repository(toolkit: Toolkit, tmp_path: Path) -> None:
+    ds1 = tmp_path / "ds1"
+    make_volume(ds1, "cloudvolumes/apps/Visio.vmdk", size_mib=4, seed=1, real=False)
+    config = tmp_path / "toolkit.toml"
+    config.write_text(
+        f'repository = "{toolkit.repo}"\n'
+        + SITE.format(ds=ds1)
+        + "[retention]\nkeep_last = 1\nkeep_deleted_days = 0.5\n"
+    )
+    toolkit("init")
+    for _ in range(3):
+        assert toolkit("--config", str(config), "snapshot").exit_code == 0
+    newest = toolkit.json("snapshots")["snapshots"][-1]["id"]
+    data = toolkit.json("--config", str(config), "schedule")
+    prune = parse(next(f["text"] for f in data["files"] if f["name"] == "appstack-toolkit-prune.service"))
+    argv = exec_argv(prune["Service"]["ExecStart"])
+    assert argv[-5:] == ["prune", "--keep-last", "1", "--keep-deleted-days", "0.5"]
+    r = subprocess.run(argv, capture_output=True, text=True, check=False, cwd="/")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "removed 2 snapshot(s), kept 1" in r.stdout
+    assert [s["id"] for s in toolkit.json("snapshots")["snapshots"]] == [newest]
+
+
+def test_cron_prune_line_runs_on_saturdays_and_speaks_only_on_failure(tmp_path: Path, fake_bin: Path) -> None:
+    logs = tmp_path / "log"
+    logs.mkdir()
+    sched = spec(tmp_path, command=(str(fake_bin / "toolkit"),), retention=RETENTION, env_file=tmp_path / "env")
+    line = cron_line(sched, prune_job(RETENTION), logs)
+    assert line.split(" ", 6)[:6] == ["0", "12", "*", "*", "6", getpass.getuser()]
+    assert cron_file(sched, log_dir=logs).text.endswith(line + "\n")
+    ok = _run_cron(line, fake_bin)
+    assert ok.stdout == ok.stderr == ""
+    assert "prune --keep-daily 14 --keep-weekly 8 --keep-monthly 12 --keep-deleted-days 30" in (
+        (logs / "prune.log").read_text()
+    )
+    bad = _run_cron(line, fake_bin, rc=3)
+    assert bad.stdout.startswith("toolkit prune --keep-daily 14")
+    assert f"exited with 3 (see {logs / 'prune.log'})" in bad.stdout
+
+
+def test_a_schedule_name_names_every_file(tmp_path: Path, fake_bin: Path) -> None:
+    sched = spec(tmp_path, name="dc1", retention=RETENTION)
+    units = systemd_units(sched)
+    assert [u.name for u in units] == [
+        f"appstack-toolkit-dc1-{job}.{kind}"
+        for job in ("snapshot", "verify", "verify-data", "prune")
+        for kind in ("service", "timer")
+    ]
+    assert unit(units, "appstack-toolkit-dc1-snapshot.service")["Unit"]["Description"].startswith(
+        "AppStack toolkit dc1: "
+    )
+    assert unit(units, "appstack-toolkit-dc1-prune.timer")["Unit"]["Description"].startswith(
+        "AppStack toolkit dc1 timer: "
+    )
+    cron = cron_file(spec(tmp_path, name="dc1", command=(str(fake_bin / "toolkit"),)), log_dir=tmp_path / "log")
+    assert cron.name == "appstack-toolkit-dc1"
+    assert cron.text.startswith("# /etc/cron.d/appstack-toolkit-dc1,")
+    # Each schedule keeps its own cron logs, and its failure line says which schedule failed.
+    (tmp_path / "log").mkdir()
+    snapshot = next(line for line in cron.text.splitlines() if line.startswith("30 2 "))
+    r = _run_cron(snapshot, fake_bin, rc=1)
+    assert r.stdout.strip() == (
+        f"appstack-toolkit-dc1: toolkit snapshot exited with 1 (see {tmp_path / 'log' / 'dc1-snapshot.log'})"
+    )
+    assert [p.name for p in (tmp_path / "log").iterdir()] == ["dc1-snapshot.log"]
+
+
+def test_default_names_do_not_change(tmp_path: Path) -> None:
+    # Existing installations regenerate the very same files: same names, and no schedule name in the text.
+    for kw in ({}, {"retention": RETENTION}):
+        units = systemd_units(spec(tmp_path, **kw))
+        assert all(u.name.startswith("appstack-toolkit-") and u.name.count("-") in (2, 3) for u in units)
+        assert all(
+            "Description=AppStack toolkit: " in u.text or "Description=AppStack toolkit timer: " in u.text
+            for u in units
+        )
+    assert cron_file(spec(tmp_path)).name == "appstack-toolkit"
+    assert "/var/log/appstack-toolkit/snapshot.log" in cron_file(spec(tmp_path)).text
+
+
+def test_two_named_schedules_share_a_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "units"
+    cron_dir = tmp_path / "cron.d"
+    written: dict[str, list[Path]] = {}
+    for name in ("dc1", "dc2"):
+        sched = spec(tmp_path, config=tmp_path / f"{name}.toml", repository=tmp_path / name, name=name)
+        written[name] = install(systemd_units(sched), directory) + install([cron_file(sched)], cron_dir)
+    # The unnamed set can live next to them too.
+    written["default"] = install(systemd_units(spec(tmp_path, retention=RETENTION)), directory)
+    files = [p for paths in written.values() for p in paths]
+    assert len(set(files)) == len(files) == 6 + 1 + 6 + 1 + 8
+    assert sorted(p.name for p in directory.iterdir()) == sorted(p.name for p in files if p.parent == directory)
+    assert sorted(p.name for p in cron_dir.iterdir()) == ["appstack-toolkit-dc1", "appstack-toolkit-dc2"]
+    for name in ("dc1", "dc2"):
+        for path in written[name]:
+            text = path.read_text()
+            other = "dc2" if name == "dc1" else "dc1"
+            if path.suffix == ".timer":
+                assert f"Description=AppStack toolkit {name} timer: " in text, path
+                continue
+            assert str(tmp_path / f"{name}.toml") in text, path  # nothing of the other site overwrote it
+            assert str(tmp_path / f"{other}.toml") not in text, path
+            if path.suffix == ".service":
+                argv = exec_argv(parse(text)["Service"]["ExecStart"])
+                assert argv[argv.index("--repo") + 1] == str(tmp_path / name)
+        cron = (cron_dir / f"appstack-toolkit-{name}").read_text()
+        assert f"/var/log/appstack-toolkit/{name}-snapshot.log" in cron
+
+
+@pytest.mark.parametrize("name", ["", "dc 1", "dc.1", "dc@1", "-dc1", "dc1-", "_dc1", "../dc1", "dc1\n", "a" * 33])
+def test_a_bad_schedule_name_is_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ScheduleNameInvalid):
+        systemd_units(spec(tmp_path, name=name))
+    with pytest.raises(ScheduleNameInvalid):
+        cron_file(spec(tmp_path, name=name))
+
+
+@pytest.mark.parametrize("name", ["dc1", "DC2", "site_b", "dc-east-1", "a" * 32, "7"])
+def test_good_schedule_names(tmp_path: Path, name: str) -> None:
+    assert systemd_units(spec(tmp_path, name=name))[0].name == f"appstack-toolkit-{name}-snapshot.service"
+
+
+def test_the_cli_names_units_and_schedules_prune(toolkit: Toolkit, tmp_path: Path) -> None:
+    toolkit("init")
+    plain = tmp_path / "plain.toml"
+    plain.write_text(SITE.format(ds=tmp_path / "ds1"))
+    kept = tmp_path / "kept.toml"
+    kept.write_text(SITE.format(ds=tmp_path / "ds1") + "\n[retention]\nkeep_daily = 14\nkeep_monthly = 6\n")
+
+    # No [retention]: no prune job, and schedule says so.
+    r = toolkit("--config", str(plain), "schedule")
+    assert r.exit_code == 0, r.stderr
+    assert "prune" not in r.stdout.replace("# no prune job", "").replace("prune by hand", "")
+    assert r.stdout.rstrip().splitlines()[-1].startswith(f"# no prune job: {plain} has no [retention]")
+    data = toolkit.json("--config", str(plain), "schedule")
+    assert [j["name"] for j in data["jobs"]] == ["snapshot", "verify", "verify-data"]
+    assert data["warnings"] and "no [retention]" in data["warnings"][0]
+    r = toolkit("--config", str(plain), "schedule", "--install", str(tmp_path / "plain-units"))
+    assert "no prune job" in r.stdout
+
+    # With [retention], under a name, into the same directory as another schedule.
+    units = tmp_path / "units"
+    r = toolkit("--config", str(plain), "schedule", "--install", str(units))
+    assert r.exit_code == 0, r.stderr
+    data = toolkit.json("--config", str(kept), "schedule", "--name", "dc2", "--install", str(units))
+    assert data["name"] == "dc2" and data["warnings"] == []
+    assert data["jobs"][-1] == {"name": "prune", "args": ["prune", "--keep-daily", "14", "--keep-monthly", "6"]}
+    assert data["timers"] == [f"appstack-toolkit-dc2-{j}.timer" for j in ("snapshot", "verify", "verify-data", "prune")]
+    assert len(list(units.iterdir())) == 6 + 8
+    assert (units / "appstack-toolkit-snapshot.service").read_text() != (
+        units / "appstack-toolkit-dc2-snapshot.service"
+    ).read_text()
+    r = toolkit("--config", str(kept), "schedule", "--name", "dc2", "--install", str(units))
+    assert f"systemctl enable --now {' '.join(data['timers'])}" in r.stdout
+    assert "no prune job" not in r.stdout
+    cron = toolkit.json("--config", str(kept), "schedule", "--name", "dc2", "--cron")
+    assert [f["name"] for f in cron["files"]] == ["appstack-toolkit-dc2"]
+    assert "0 12 * * 6 " in cron["files"][0]["text"]
+
+    r = toolkit("--config", str(kept), "schedule", "--name", "dc 2")
+    assert r.exit_code == ScheduleNameInvalid.exit_code == 2
+    assert r.stderr.splitlines()[0] == (
+        "error: 'dc 2' cannot name timers: use up to 32 letters, digits, - and _, starting and ending with a letter "
+        "or digit"
+    )
+    assert "Traceback" not in r.stderr
+
+
+def _config(tmp_path: Path, retention: str) -> Path:
+    path = tmp_path / "retention.toml"
+    path.write_text(
+        retention + "\n" + SITE.format(ds=tmp_path / "ds1")
+    )  # before the site: `retention = 7` is top-level
+    return path
+
+
+def test_retention_in_the_configuration(tmp_path: Path) -> None:
+    config = load_config(_config(tmp_path, ""))
+    assert config is not None and config.retention is None
+    config = load_config(_config(tmp_path, "[retention]\nkeep_last = 2\nkeep_weekly = 4\nkeep_deleted_days = 90\n"))
+    assert config is not None
+    assert config.retention == RetentionConfig(keep_last=2, keep_weekly=4, keep_deleted_days=90.0)
+
+
+@pytest.mark.parametrize(
+    ("retention", "message"),
+    [
+        ("retention = 7\n", r"\[retention\]: must be a table"),
+        ("[retention]\n", "the policy keeps no snapshot"),
+        ("[retention]\nkeep_daily = 0\nkeep_deleted_days = 5\n", "the policy keeps no snapshot"),
+        ("[retention]\nkeep_daily = -1\n", "keep_daily must be a whole number, 0 or more"),
+        ("[retention]\nkeep_daily = 1.5\n", "keep_daily must be a whole number"),
+        ("[retention]\nkeep_weekly = true\n", "keep_weekly must be a whole number"),
+        ('[retention]\nkeep_monthly = "12"\n', "keep_monthly must be a whole number"),
+        ("[retention]\nkeep_dayly = 14\n", r"unknown key\(s\): keep_dayly \(known: keep_last, keep_daily"),
+        ("[retention]\nkeep_daily = 1\nkeep_deleted_days = -1\n", "keep_deleted_days must be a number of days"),
+        ("[retention]\nkeep_daily = 1\nkeep_deleted_days = inf\n", "keep_deleted_days must be a number of days"),
+        ('[retention]\nkeep_daily = 1\nkeep_deleted_days = "30"\n', "keep_deleted_days must be a number"),
+    ],
+)
+def test_a_bad_retention_is_refused(tmp_path: Path, retention: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as exc:
+        load_config(_config(tmp_path, retention))
+    assert "\n" not in str(exc.value) and exc.value.exit_code == 2
+
+
+def test_a_bad_retention_stops_schedule_with_exit_2(toolkit: Toolkit, tmp_path: Path) -> None:
+    r = toolkit("--config", str(_config(tmp_path, "[retention]\nkeep_daily = -3\n")), "schedule")
+    assert r.exit_code == ConfigError.exit_code == 2
+    assert r.stderr.splitlines()[0].endswith("[retention]: keep_daily must be a whole number, 0 or more")
+
+
+def test_the_template_retention_example_is_valid(tmp_path: Path) -> None:
+    lines = TEMPLATE.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("# [retention]")))
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("# "):
+            break
+        block.append(line[2:])
+    path = tmp_path / "template.toml"
+    path.write_text(TEMPLATE.replace("\n".join(f"# {b}" for b in block), "\n".join(block)))
+    config = load_config(path)
+    assert config is not None
+    assert config.retention == RetentionConfig(keep_daily=14, keep_weekly=8, keep_monthly=12, keep_deleted_days=365.0)
+    assert load_config(_write(tmp_path / "as-is.toml", TEMPLATE)).retention is None  # type: ignore[union-attr]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
