@@ -11,6 +11,7 @@ import html
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -25,6 +26,8 @@ TIMEOUT_S: Final = 30.0  # one request; a dead manager becomes an error, not a h
 JOB_POLL_S: Final = 0.5
 LINK_TITLE: Final = re.compile(r'title="([^"]*)"')  # 2.x assignment names are HTML links titled DOMAIN\\user
 LINK_TEXT: Final = re.compile(r">([^<]*)</a>")
+# Statuses a manager refuses one assignment with; the answer's body says why (2.17 documents a 500 for a failed save).
+REFUSALS: Final = (400, 500)
 ENTITY_TYPES: Final = {"user": "User", "group": "Group", "computer": "Computer", "orgunit": "OrgUnit", "ou": "OrgUnit"}
 
 
@@ -398,7 +401,7 @@ class AvmClient:
                 "mount_prefix": a.mount_prefix,
                 "rtime": False,
             }
-            r = self._request("POST", "/cv_api/assignments", json=body, allow=(400,))
+            r = self._request("POST", "/cv_api/assignments", json=body, allow=REFUSALS)
             problem = _refusal(r)
             if problem:
                 out.append(AssignmentOutcome(a.who, "failed", f"the manager refused it: {problem}"))
@@ -432,7 +435,7 @@ class AvmClient:
         )
         path = f"/app_volumes/app_products/{product_id}/assignments"
         existing = _unwrap_data(self._json("GET", path, params={"include": "entities,filters"}), path)
-        marker = self._current_marker(product_id)
+        marker = self.current_marker(product_id)
         out: list[AssignmentOutcome] = []
         for a in wanted:
             note = ""
@@ -448,7 +451,7 @@ class AvmClient:
                     detail = "its application has no CURRENT marker now; set one in the manager, then run again"
                     out.append(AssignmentOutcome(a.who, "failed", detail))
                     continue
-                marker = (self._set_current_marker(product_id, volume.id), volume.id)
+                marker = (self.set_current_marker(product_id, volume.id), volume.id)
                 note = "CURRENT marker set to the restored package (it was CURRENT at capture); "
             target: dict[str, Any] = {"app_package_id": volume.id, "app_marker_id": None}
             if a.via == "marker" and marker is not None:
@@ -466,7 +469,7 @@ class AvmClient:
             }
             if a.filters:
                 item["filters"] = [{"type": t, "value": v} for t, v in a.filters]
-            r = self._request("POST", "/app_volumes/app_assignments", json={"data": [item]}, allow=(400,))
+            r = self._request("POST", "/app_volumes/app_assignments", json={"data": [item]}, allow=REFUSALS)
             problem = _refusal(r)
             if problem:
                 out.append(AssignmentOutcome(a.who, "failed", f"the manager refused it: {problem}"))
@@ -476,7 +479,7 @@ class AvmClient:
             out.append(AssignmentOutcome(a.who, "created", (note + _prefix_note(a.mount_prefix)).strip("; ")))
         return out
 
-    def _current_marker(self, product_id: int) -> tuple[int, int] | None:
+    def current_marker(self, product_id: int) -> tuple[int, int] | None:
         """(marker id, package id) of an application's CURRENT marker, or None."""
         path = f"/app_volumes/app_products/{product_id}/app_packages"
         for row in _unwrap_data(self._json("GET", path, params={"include": "app_markers"}), path):
@@ -485,13 +488,41 @@ class AvmClient:
                     return int(m["id"]), int(m.get("app_package_id") or row.get("id") or 0)
         return None
 
-    def _set_current_marker(self, product_id: int, package_id: int) -> int:
+    def set_current_marker(self, product_id: int, package_id: int) -> int:
+        """Point an application's CURRENT marker at one of its packages (created if missing); the marker's id."""
         path = f"/app_volumes/app_products/{product_id}/app_markers/CURRENT"
         body = self._json("PUT", path, params={"data[app_package_id]": str(package_id)})
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, dict) or data.get("id") is None:
             raise AvmBadResponse(method="PUT", path=path, detail="no marker in the answer")
         return int(data["id"])
+
+    def unassign_appstack(self, volume: AvmVolume, entities: Sequence[tuple[str, str]]) -> str:
+        """2.x: ``POST /cv_api/assignments`` (action_type unassign) of (entity type, directory path); '' or why not.
+
+        The manager ignores an entity that is not assigned, with a warning; list the AppStack's
+        assignments afterwards to know what it holds.
+        """
+        body = {
+            "action_type": "unassign",
+            "id": volume.id,
+            "assignments": [{"entity_type": t, "path": dn} for t, dn in entities],
+            "rtime": False,
+        }
+        return _refusal(self._request("POST", "/cv_api/assignments", json=body, allow=REFUSALS))
+
+    def delete_assignments(self, ids: Sequence[int]) -> tuple[set[int], set[int]]:
+        """4.x: ``DELETE /app_volumes/app_assignments``; (the ids deleted, the ids the manager did not delete)."""
+        path = "/app_volumes/app_assignments"
+        wanted = {int(i) for i in ids}
+        body = self._json("DELETE", path, json={"ids": sorted(wanted)})
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict):
+            raise AvmBadResponse(method="DELETE", path=path, detail="no data object")
+        rows = data.get("deleted")
+        listed = rows if isinstance(rows, list) else []
+        deleted = {int(d["id"]) for d in listed if isinstance(d, dict) and str(d.get("id", "")).isdigit()}
+        return deleted & wanted, wanted - deleted
 
     def delete_volume(self, volume: AvmVolume) -> str | None:
         """Delete a volume in the manager (its record and, as the manager does, its files); None or why not."""
@@ -572,6 +603,19 @@ def recorded_assignments(recorded: dict[str, Any]) -> list[AvmAssignment]:
     return out
 
 
+def is_assigned(rows: Sequence[dict[str, Any]], a: AvmAssignment, volume: AvmVolume) -> bool:
+    """Whether a volume's assignments (``rows``, as :meth:`AvmClient.assignments` lists them) already give it to
+    ``a``'s entities: 2.x every entity by its directory path; 4.x one assignment pinned to the package with
+    exactly those entities."""
+    if not a.entities:
+        return False
+    if volume.kind == "appstack":
+        present = {dn.lower() for row in rows if (dn := _directory_path(row))}
+        return all(dn.lower() in present for _, dn in a.entities)
+    target = {"app_package_id": volume.id, "app_marker_id": None}
+    return any(_same_package_assignment(row, target, a) for row in rows)
+
+
 def _entity_type(value: object) -> str:
     text = str(value or "User")
     return ENTITY_TYPES.get(text.lower().replace("_", ""), text)
@@ -629,6 +673,8 @@ def _refusal(r: requests.Response) -> str:
     errors = body.get("errors")
     if isinstance(errors, list) and errors and isinstance(errors[0], dict):
         return str(errors[0].get("title") or errors[0].get("error") or errors[0])
+    if isinstance(errors, list) and errors and isinstance(errors[0], str):
+        return errors[0]  # 2.x: "Unable to save assignment of …", more telling than its "error"
     if body.get("error"):
         return str(body["error"])
     return f"HTTP {r.status_code}" if r.status_code >= 400 else ""

@@ -1438,6 +1438,68 @@ def restore_details(v: dict[str, Any]) -> str:
     return "".join("\n" + line for line in lines)
 
 
+@cli.command("switch")
+@click.option("--from", "source", required=True, metavar="NAME", help="The damaged volume: its name or DATASTORE/PATH.")
+@click.option("--to", "target", required=True, metavar="NAME", help="The volume desktops get instead (restored).")
+@click.option(
+    "--site",
+    metavar="SITE",
+    help="The configured site whose manager holds both volumes (default: the only site with a manager).",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would move; change nothing.")
+@pass_ctx
+def switch_cmd(c: Ctx, source: str, target: str, site: str | None, dry_run: bool) -> None:
+    """Move desktops from a damaged AppStack or package to its restored twin.
+
+    It works through the site's App Volumes Manager. 2.x: each entity
+    assigned to the FROM AppStack is assigned to the TO AppStack, then unassigned from
+    FROM. 4.x: each assignment pinned to the FROM package is pinned to the
+    TO package, the application's CURRENT marker moves to TO when it points
+    at FROM (assignments through the marker follow it), then what is still
+    pinned to FROM is removed. Both must be AppStacks, or packages of one
+    application. Nothing is taken from FROM unless every assignment was
+    given to TO first, so no desktop is left with neither; the output says
+    what moved and what did not, and the command exits 1 if anything failed.
+    Desktops that have FROM attached get TO at their next logon.
+
+    \b
+    Example:
+      toolkit switch --from 'Office 2016' --to 'Office 2016 restored' --dry-run
+      toolkit switch --site dc1 --from 'Office 2016' --to 'Office 2016 restored'
+    """
+    from toolkit.ops.switch import switch as switch_job
+    from toolkit.sites import manager_client, manager_site
+
+    where, manager = manager_site(c.config(), site)
+    client = manager_client(manager)
+    try:
+        report = switch_job(client, where.name, source, target, dry_run=dry_run)
+    finally:
+        with contextlib.suppress(Error):
+            client.logout()
+    c.emit(report.to_json(), switch_text(report.to_json()))
+    if not report.ok:
+        sys.exit(1)
+
+
+def switch_text(r: dict[str, Any]) -> str:
+    """The switch report as a table of assignments, then the marker, notes and outcome."""
+    f, t = r["from"], r["to"]
+    lines = [f"site {r['site']} (App Volumes Manager {r['flavour']}): from {f['name']!r} (id {f['id']}, {f['key']})"]
+    lines.append(f"  to {t['name']!r} (id {t['id']}, {t['key']})")
+    rows = [[a["who"], a["via"], a["to"], a["from"], a["status"], a["detail"]] for a in r["assignments"]]
+    headers = ["ASSIGNMENT", "VIA", "TO", "FROM", "STATUS", "DETAIL"]
+    lines.append(table(rows, headers) if rows else f"no assignment of {f['name']!r} left to move")
+    if r["marker"]:
+        lines.append(f"CURRENT marker: {r['marker']['detail']}")
+    lines += [f"note: {n}" for n in r["notes"]]
+    if r["dry_run"]:
+        lines.append("dry run: nothing was changed")
+    elif not r["ok"]:
+        lines.append("not finished: what failed is listed above; FROM keeps what was not given to TO")
+    return "\n".join(lines)
+
+
 @contextlib.contextmanager
 def _copy_destination(c: Ctx, dest: Path, chunk_size: int, dry_run: bool) -> Iterator[Repository]:
     """The repository to copy into; a missing one is named with the init line that makes a fitting one."""

@@ -27,6 +27,48 @@ class UnknownSource(Error):
     code = "unknown_source"
 
 
+class SiteUnknown(Error):
+    template = "no site {site!r} in the configuration"
+    hint = "configured sites: {known}"
+    code = "site_unknown"
+
+
+class SiteWithoutManager(Error):
+    template = "site {site!r} has no App Volumes Manager configured"
+    hint = "add [sites.{site}.manager] to the configuration (see docs/configuration.md)"
+    code = "site_without_manager"
+
+
+class NoManagerConfigured(Error):
+    template = "no configured site has an App Volumes Manager"
+    hint = "add [sites.NAME.manager] to the configuration (see docs/configuration.md)"
+    code = "no_manager_configured"
+
+
+class SiteNotGiven(Error):
+    template = "{count} configured sites have an App Volumes Manager: {known}"
+    hint = "choose one with --site NAME"
+    code = "site_not_given"
+
+
+def manager_site(config: Config | None, name: str | None) -> tuple[SiteConfig, ManagerConfig]:
+    """The site (and its manager) a command works with: ``name``, else the only configured site with a manager."""
+    sites = config.sites if config is not None else ()
+    if name is not None:
+        site = next((s for s in sites if s.name == name), None)
+        if site is None:
+            raise SiteUnknown(site=name, known=", ".join(s.name for s in sites) or "none")
+        if site.manager is None:
+            raise SiteWithoutManager(site=name)
+        return site, site.manager
+    managed = [(s, s.manager) for s in sites if s.manager is not None]
+    if not managed:
+        raise NoManagerConfigured()
+    if len(managed) > 1:
+        raise SiteNotGiven(count=len(managed), known=", ".join(s.name for s, _ in managed))
+    return managed[0]
+
+
 def tls_verify(tls: TlsConfig) -> bool | str:
     """What requests' ``verify`` takes; a pinned thumbprint is checked by the adapter itself."""
     if tls.ca_bundle is not None:

@@ -218,7 +218,7 @@ def test_beside_a_volume_in_use_as_a_volume_of_its_own(site) -> None:
     assert rc == 1
     [entry] = report["volumes"]
     assert "never replaced while desktops use it" in entry["error"]
-    assert "--rename '{name} restored'" in entry["error"] and "unassign this one" in entry["error"]
+    assert "--rename '{name} restored'" in entry["error"] and "toolkit switch" in entry["error"]
     assert flat.read_bytes().startswith(b"damaged")
 
     rc, report, err = cli(

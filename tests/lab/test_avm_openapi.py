@@ -29,6 +29,7 @@ from openapi_core.validation.response.exceptions import DataValidationError
 
 from toolkit.avm import AvmClient
 from toolkit.lab.avm_sim import AvmSimulator
+from toolkit.ops.switch import switch
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
@@ -319,7 +320,17 @@ def test_2x_responses_follow_the_2_17_document(
     call("GET", "/cv_api/appstacks/9999", 404)
     entity = {"entity_type": "User", "path": "CN=jdoe,OU=Users,DC=lab,DC=example"}
     call("POST", "/cv_api/assignments", 200, json={"action_type": "assign", "id": app.id, "assignments": [entity]})
+    again = call(
+        "POST", "/cv_api/assignments", 200, json={"action_type": "assign", "id": app.id, "assignments": [entity]}
+    )
+    assert again["warnings"]  # a duplicate is ignored, with a warning
     call("POST", "/cv_api/assignments", 200, json={"action_type": "assign", "id": 9999, "assignments": [entity]})
+    refused = {"entity_type": "User", "path": "CN=asmith,OU=Users,DC=lab,DC=example"}
+    sim.admin_refuse_assignments(refused["path"])
+    failed = call(
+        "POST", "/cv_api/assignments", 500, json={"action_type": "assign", "id": app.id, "assignments": [refused]}
+    )
+    assert failed["errors"]
     call("POST", "/cv_api/assignments", 400, json={"action_type": "assign", "id": app.id, "assignments": []})
     assert len(call("GET", f"/cv_api/appstacks/{app.id}/assignments", 200)) == 1
     call("GET", "/cv_api/appstacks/9999/assignments", 404)
@@ -416,6 +427,10 @@ def test_4x_responses_follow_the_2512_document(
     by_package = {**by_marker, "app_package_id": pkg.id, "app_marker_id": None, "filters": [{"value": "VDI"}]}
     created = call("POST", "/app_volumes/app_assignments", 200, json={"data": [by_marker, by_package]})["data"]
     call("POST", "/app_volumes/app_assignments", 400, json={"data": [{**by_marker, "app_product_id": 9999}]})
+    call("POST", "/app_volumes/app_assignments", 400, json={"data": [by_package]})  # a duplicate
+    sim.admin_refuse_assignments("CN=asmith,OU=Users,DC=lab,DC=example")
+    refused = {**by_package, "entities": [{"path": "CN=asmith,OU=Users,DC=lab,DC=example", "entity_type": "User"}]}
+    call("POST", "/app_volumes/app_assignments", 400, json={"data": [refused]})
     call("GET", "/app_volumes/app_assignments", 200, params={"api_version": 4040})
     call("GET", "/app_volumes/app_assignments", 200, params={"api_version": 4040, "page[size]": 1, "page[number]": 2})
     call("GET", "/app_volumes/app_assignments", 400, params={"api_version": 4040, "page[number]": 0})
@@ -502,6 +517,50 @@ def test_the_clients_assignment_round_trip_gets_documented_answers(
         assert ("GET", "/app_volumes/app_products/{id}/assignments") in contract.covered_operations()
     else:
         assert ("GET", "/cv_api/appstacks/{id}/assignments") in contract.covered_operations()
+
+
+@pytest.mark.parametrize("flavour", ["2.x", "4.x"])
+def test_the_switch_gets_documented_answers(start_avm: Callable[..., AvmSimulator], flavour: str) -> None:
+    """toolkit switch's calls (assign, unassign or delete, the marker) all get answers the documents describe."""
+    sim = start_avm(flavour)
+    contract = Contract.load(flavour)
+    client = AvmClient(sim.url, "admin", PASSWORD)
+
+    def check(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+        if contract.template_for(str(response.request.method), urlsplit(str(response.request.url)).path):
+            contract.check(response)
+
+    client.session.hooks["response"].append(check)
+    client.login()
+    kind = "appstack" if flavour == "2.x" else "package"
+    product = {"product": "Editor"} if flavour == "4.x" else {}
+    damaged = sim.admin_create_volume(kind, "Editor 1", **product)
+    restored = sim.admin_create_volume(kind, "Editor 1 restored", **product, **({"current": False} if product else {}))
+    group = {"entity_type": "Group", "path": "CN=Designers,OU=Groups,DC=lab,DC=example"}
+    user = {"entity_type": "User", "path": "CN=jdoe,OU=Users,DC=lab,DC=example"}
+    if flavour == "2.x":
+        body = {"action_type": "assign", "id": damaged.id, "assignments": [group, user], "mount_prefix": ""}
+        client.session.post(f"{sim.url}/cv_api/assignments", json=body, timeout=10)
+    else:
+        by_marker = {"app_product_id": damaged.product_id, "entities": [group], "app_package_id": None}
+        pinned = {"app_product_id": damaged.product_id, "entities": [user], "app_package_id": damaged.id}
+        items = [{**by_marker, "app_marker_id": None}, {**pinned, "app_marker_id": None}]
+        client.session.post(f"{sim.url}/app_volumes/app_assignments", json={"data": items}, timeout=10)
+
+    report = switch(client, "lab", "Editor 1", "Editor 1 restored")
+    assert report.ok, report.to_json()
+    assert sorted(m.status for m in report.moves) == (["moved", "moved"] if flavour == "2.x" else ["kept", "moved"])
+    assert not client.assignments(next(v for v in client.volumes() if v.id == damaged.id))
+    assert len(client.assignments(next(v for v in client.volumes() if v.id == restored.id))) == 2
+    client.logout()
+    covered = contract.covered_operations()
+    if flavour == "2.x":
+        assert ("POST", "/cv_api/assignments") in covered
+        assert ("GET", "/cv_api/appstacks/{id}/assignments") in covered
+    else:
+        assert ("DELETE", "/app_volumes/app_assignments") in covered
+        assert ("POST", "/app_volumes/app_assignments") in covered
+        assert ("GET", "/app_volumes/app_products/{id}/app_packages") in covered
 
 
 # --- the validator can fail -----------------------------------------------------------------------

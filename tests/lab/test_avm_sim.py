@@ -588,6 +588,116 @@ def test_4x_assignments(avm4: AvmSimulator, avm_login: Callable[..., requests.Se
     assert (att["app_package_id"], att["machine_name"]) == (pkg.id, "DESKTOP-02")
 
 
+JDOE = {"entity_type": "User", "path": "CN=jdoe,OU=Users,DC=lab,DC=example"}
+
+
+@pytest.mark.lab
+def test_2x_a_duplicate_assignment_is_ignored_with_a_warning(
+    avm2: AvmSimulator, avm_login: Callable[..., requests.Session]
+) -> None:
+    app = avm2.admin_create_volume("appstack", "Acrobat")
+    other = avm2.admin_create_volume("appstack", "Acrobat restored")
+    s = avm_login(avm2)
+
+    def post(action: str, volume_id: int, prefix: str = "") -> dict[str, Any]:
+        body = {"action_type": action, "id": volume_id, "assignments": [JDOE], "mount_prefix": prefix}
+        r = s.post(f"{avm2.url}/cv_api/assignments", json=body)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    assert post("assign", app.id, "VDI")["success"] == "Assigned 1 AppStack(s)"
+    again = post("assign", app.id)
+    assert again["success"] == "Assigned 0 AppStack(s)"
+    assert again["warnings"] == ["jdoe is already assigned to Acrobat"]
+    assert post("assign", other.id)["success"] == "Assigned 1 AppStack(s)"  # the same entity, another AppStack
+    rows = s.get(f"{avm2.url}/cv_api/assignments").json()["assignments"]
+    assert sorted((r["snapvol_id"], r["mount_prefix"]) for r in rows) == [(app.id, "VDI"), (other.id, "")]
+    assert post("unassign", app.id)["success"] == "Unassigned 1 AppStack(s)"
+    assert post("unassign", app.id)["warnings"] == ["jdoe is not assigned to Acrobat"]
+    assert [r["snapvol_id"] for r in s.get(f"{avm2.url}/cv_api/assignments").json()["assignments"]] == [other.id]
+
+
+@pytest.mark.lab
+def test_4x_a_duplicate_assignment_is_refused(avm4: AvmSimulator, avm_login: Callable[..., requests.Session]) -> None:
+    first = avm4.admin_create_volume("package", "VLC 3", product="VLC")
+    second = avm4.admin_create_volume("package", "VLC 4", product="VLC", current=False)
+    s = avm_login(avm4, namespace="app_volumes")
+    url = f"{avm4.url}/app_volumes/app_assignments"
+    pinned = {"app_product_id": first.product_id, "entities": [JDOE], "app_package_id": first.id}
+    marker = {"app_product_id": first.product_id, "entities": [JDOE], "app_package_id": None, "app_marker_id": None}
+    assert s.post(url, json={"data": [pinned]}).status_code == 200
+    r = s.post(url, json={"data": [pinned]})
+    assert r.status_code == 400
+    duplicate = "Unable to create duplicate assignment with entity LAB\\jdoe to the same application"
+    assert r.json()["errors"][0]["title"] == duplicate
+    # The same entity with another target of the application is not a duplicate.
+    assert s.post(url, json={"data": [{**pinned, "app_package_id": second.id}]}).status_code == 200
+    assert s.post(url, json={"data": [marker]}).status_code == 200
+    r = s.post(url, json={"data": [marker]})
+    assert (r.status_code, r.json()["errors"][0]["title"]) == (400, duplicate)
+    # A batch with a duplicate in it creates nothing.
+    designers = {"path": "CN=Designers,OU=Groups,DC=lab,DC=example", "entity_type": "Group"}
+    r = s.post(url, json={"data": [{**pinned, "entities": [designers]}, pinned]})
+    assert r.status_code == 400
+    assert len(s.get(url).json()["data"]) == 3
+
+
+@pytest.mark.lab
+def test_4x_deleting_the_current_package_clears_the_marker_and_its_assignments(
+    avm4: AvmSimulator, avm_login: Callable[..., requests.Session]
+) -> None:
+    current = avm4.admin_create_volume("package", "VLC 3", product="VLC")
+    older = avm4.admin_create_volume("package", "VLC 2", product="VLC", current=False)
+    s = avm_login(avm4)
+    url = f"{avm4.url}/app_volumes/app_assignments"
+    by_marker = {"app_product_id": current.product_id, "entities": [JDOE], "app_package_id": None}
+    on_older = {"app_product_id": current.product_id, "entities": [JDOE], "app_package_id": older.id}
+    assert s.post(url, json={"data": [by_marker, on_older]}).status_code == 200
+    r = s.post(f"{avm4.url}/cv_api/volumes/delete", data={"volumes[]": [str(current.id)]})
+    assert r.json()["snapvols"]["success"]
+    rows = s.get(url).json()["data"]
+    assert [(a["app_package_id"], a.get("app_marker_id")) for a in rows] == [(older.id, None)]
+    product = f"{avm4.url}/app_volumes/app_products/{current.product_id}/app_packages"
+    packages = s.get(product, params={"include": "app_markers"}).json()["data"]
+    assert [(p["id"], p["app_markers"]) for p in packages] == [(older.id, [])]
+    # The application has no marker now: a marker assignment is refused until one is set again.
+    assert s.post(url, json={"data": [by_marker]}).status_code == 400
+    marker = f"{avm4.url}/app_volumes/app_products/{current.product_id}/app_markers/CURRENT"
+    assert s.put(marker, params={"data[app_package_id]": older.id}).status_code == 200
+    assert s.post(url, json={"data": [by_marker]}).status_code == 200
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("flavour", ["2.x", "4.x"])
+def test_an_entity_can_be_made_to_fail_its_assignments(
+    start_avm: Callable[..., AvmSimulator], avm_login: Callable[..., requests.Session], flavour: str
+) -> None:
+    sim = start_avm(flavour)
+    kind = "appstack" if flavour == "2.x" else "package"
+    volume = sim.admin_create_volume(kind, "Editor 1", **({"product": "Editor"} if flavour == "4.x" else {}))
+    s = avm_login(sim)
+    r = requests.post(f"{sim.url}/_sim/entities/refuse", json={"path": JDOE["path"]}, timeout=10)
+    assert r.json() == {"path": JDOE["path"], "refused": True}
+    if flavour == "2.x":
+        url, body = f"{sim.url}/cv_api/assignments", {"action_type": "assign", "id": volume.id, "assignments": [JDOE]}
+    else:
+        item = {"app_product_id": volume.product_id, "entities": [JDOE], "app_package_id": volume.id}
+        url, body = f"{sim.url}/app_volumes/app_assignments", {"data": [item]}
+    r = s.post(url, json=body)
+    if flavour == "2.x":
+        assert r.status_code == 500
+        assert r.json() == {
+            "error": "Assigned AppStacks failed",
+            "errors": ['Unable to save assignment of "User <LAB\\jdoe>" to "Editor 1"'],
+        }
+        assert s.get(f"{sim.url}/cv_api/assignments").json()["assignments"] == []
+    else:
+        assert (r.status_code, r.json()["errors"][0]["title"]) == (400, "Unable to save assignment")
+        assert s.get(f"{sim.url}/app_volumes/app_assignments").json()["data"] == []
+    requests.post(f"{sim.url}/_sim/entities/refuse", json={"path": JDOE["path"], "refuse": False}, timeout=10)
+    assert s.post(url, json=body).status_code == 200
+
+
 # --- storage-group replication ------------------------------------------------------------------
 
 

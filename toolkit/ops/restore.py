@@ -360,8 +360,8 @@ def restore(
 class DestinationInUse(Error):
     template = (
         "{path} is in use ({reason}); it is never replaced while desktops use it: restore beside it "
-        "with --rename '{{name}} restored' (add --register --restore-assignments), then unassign this one "
-        "in the manager (4.x: move the application's CURRENT marker to the restored package)"
+        "with --rename '{{name}} restored' (add --register --restore-assignments), then move the desktops "
+        "to it with toolkit switch"
     )
     hint = "see 'A corrupted AppStack' in docs/runbook.md"
     code = "destination_in_use"

@@ -344,6 +344,8 @@ class SimState:
     storage_groups: dict[int, StorageGroup] = field(default_factory=dict)
     activities: list[Activity] = field(default_factory=list)
     sessions: dict[str, Session] = field(default_factory=dict)
+    # Directory paths (lower case) whose assignments the manager fails to save (a test's injected fault).
+    refused_entities: set[str] = field(default_factory=set)
     lock: threading.RLock = field(default_factory=threading.RLock)
     _counters: dict[str, Iterator[int]] = field(default_factory=dict)
 

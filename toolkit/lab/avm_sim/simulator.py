@@ -645,9 +645,16 @@ class AvmSimulator:
         for table in (state.assignments, state.attachments):
             for key in [k for k, rec in table.items() if rec.volume_id == volume.id]:
                 del table[key]
-        for key in [k for k, m in state.markers.items() if m.package_id == volume.id]:
+        # Deleting the package the CURRENT marker points at clears the marker, and the assignments
+        # made through it go with it, as those pinned to the package do: none is left pointing at a
+        # marker that no longer exists. The real manager's behaviour is not documented; this is what
+        # the toolkit's restore expects (an application without a marker, whose marker assignments
+        # are created again once the restored package is made CURRENT).
+        cleared = {k for k, m in state.markers.items() if m.package_id == volume.id}
+        for key in cleared:
             del state.markers[key]
-        for key in [k for k, a in state.app_assignments.items() if a.package_id == volume.id]:
+        gone = [k for k, a in state.app_assignments.items() if a.package_id == volume.id or a.marker_id in cleared]
+        for key in gone:
             del state.app_assignments[key]
 
     def _delete_files(self, volume: Volume) -> None:
@@ -873,6 +880,19 @@ class AvmSimulator:
             for key in ended:
                 del self.state.attachments[key]
             return len(ended)
+
+    def admin_refuse_assignments(self, distinguished_name: str, *, refuse: bool = True) -> None:
+        """Make the manager fail to save assignments of one directory entity (or stop doing so).
+
+        2.x answers ``POST /cv_api/assignments`` with the documented 500 ("Unable to save
+        assignment of …") and changes nothing; 4.x answers ``POST /app_volumes/app_assignments``
+        with a 400 ("Unable to save assignment"). Unassigning and deleting are not affected.
+        """
+        with self.state.lock:
+            if refuse:
+                self.state.refused_entities.add(distinguished_name.lower())
+            else:
+                self.state.refused_entities.discard(distinguished_name.lower())
 
     def admin_set_status(self, volume_id: int, status: str) -> VolumeInfo:
         if status not in VOLUME_STATUSES:

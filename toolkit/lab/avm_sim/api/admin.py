@@ -125,6 +125,16 @@ def drain_jobs(sim: AvmSimulator, req: Request) -> Response:
     return Response.json(200, body)
 
 
+def refuse_assignments(sim: AvmSimulator, req: Request) -> Response:
+    p = req.params
+    path = p.text("path")
+    if not path:
+        raise BadVolumeRequest(action="refuse assignments", detail="give the entity's directory path as path")
+    refuse = p.boolean("refuse", default=True)
+    sim.admin_refuse_assignments(path, refuse=refuse)
+    return Response.json(200, {"path": path, "refused": refuse})
+
+
 def expire_sessions(sim: AvmSimulator, req: Request) -> Response:
     return Response.json(200, {"expired": sim.expire_sessions()})
 
@@ -144,4 +154,5 @@ ROUTES: list[Route] = [
     Route("GET", "/_sim/jobs", jobs, auth=False),
     Route("POST", "/_sim/jobs/drain", drain_jobs, auth=False),
     Route("POST", "/_sim/sessions/expire", expire_sessions, auth=False),
+    Route("POST", "/_sim/entities/refuse", refuse_assignments, auth=False),
 ]

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from toolkit.lab.avm_sim import render
 from toolkit.lab.avm_sim.api import shared
-from toolkit.lab.avm_sim.model import LIFECYCLE_STAGES, AppAssignment, Marker, Volume, now
+from toolkit.lab.avm_sim.model import LIFECYCLE_STAGES, AppAssignment, Entity, Marker, Volume, now
 from toolkit.lab.avm_sim.server import Request, Response, Route, error
 
 if TYPE_CHECKING:
@@ -323,6 +323,11 @@ def _create_assignment(sim: AvmSimulator, item: dict[str, Any]) -> AppAssignment
     ]
     if not entities:
         return "No entities provided"
+    if any(e.distinguished_name.lower() in state.refused_entities for e in entities):
+        return "Unable to save assignment"  # the vendor's example of a save that failed (a test's injected fault)
+    duplicate = _duplicate_of(sim, product.id, package_id, marker_id, entities)
+    if duplicate:
+        return f"Unable to create duplicate assignment with entity {duplicate} to the same application"
     filters = [
         (state.next_id("filter"), str(f.get("type") or "ComputerPrefixFilter"), str(f.get("value") or ""))
         for f in item.get("filters") or []
@@ -339,6 +344,28 @@ def _create_assignment(sim: AvmSimulator, item: dict[str, Any]) -> AppAssignment
     )
     state.app_assignments[assignment.id] = assignment
     return assignment
+
+
+def _duplicate_of(
+    sim: AvmSimulator, product_id: int, package_id: int | None, marker_id: int | None, entities: list[Entity]
+) -> str:
+    """DOMAIN\\account of an entity already assigned the same target (package, or marker) of the application.
+
+    The 2512 document lists "Unable to create duplicate assignment with entity … to the same
+    application" among the 400 answers and the reference notes say no more. The simulator refuses
+    the same entity with the same target only: an entity pinned to one package may also be pinned
+    to another package of the application, or get it through the CURRENT marker, which is what a
+    package restored beside a damaged one needs before desktops are switched to it.
+    """
+    wanted = {e.distinguished_name.lower(): e for e in entities}
+    for a in sim.state.app_assignments_of_product(product_id):
+        same_target = a.marker_id == marker_id if marker_id is not None else a.package_id == package_id
+        if not same_target:
+            continue
+        for e in a.entities:
+            if e.distinguished_name.lower() in wanted:
+                return e.upn(sim.settings.domain)
+    return ""
 
 
 def _int(value: object) -> int:

@@ -126,6 +126,9 @@ def assign(sim: AvmSimulator, req: Request) -> Response:
     if not ids:
         return error(400, "No AppStacks provided")
     with sim.state.lock:
+        refused = _refused_saves(sim, action, ids, entities)
+        if refused:  # the vendor's 500 answer for assignments it could not save; nothing is changed
+            return Response.json(500, {"error": "Assigned AppStacks failed", "errors": refused})
         done, warnings = _apply_assignments(sim, action, ids, entities, p.text("mount_prefix"), req.admin_upn)
     verb = "Assigned" if action == "assign" else "Unassigned"
     body: dict[str, Any] = {
@@ -137,9 +140,35 @@ def assign(sim: AvmSimulator, req: Request) -> Response:
     return Response.json(200, body)
 
 
+def _refused_saves(sim: AvmSimulator, action: str, ids: list[int], entities: list[dict[str, Any]]) -> list[str]:
+    """The vendor's "Unable to save assignment of …" lines for entities the manager is made to refuse."""
+    state = sim.state
+    if action != "assign" or not state.refused_entities:
+        return []
+    out = []
+    for volume_id in ids:
+        volume = state.volumes.get(volume_id)
+        if volume is None or volume.kind != "appstack":
+            continue
+        for doc in entities:
+            entity = state.entity_for(str(doc.get("entity_type") or "User"), str(doc.get("path") or doc["id"]))
+            if entity.distinguished_name.lower() in state.refused_entities:
+                out.append(
+                    f'Unable to save assignment of "{entity.entity_type} <{entity.upn(sim.settings.domain)}>" '
+                    f'to "{volume.name}"'
+                )
+    return out
+
+
 def _apply_assignments(
     sim: AvmSimulator, action: str, ids: list[int], entities: list[dict[str, Any]], prefix: str, admin: str
 ) -> tuple[int, list[str]]:
+    """Assign or unassign; (AppStacks changed, warnings).
+
+    An entity already assigned (the same entity to the same AppStack), or not assigned when
+    unassigning, is ignored with a warning: the 2.17 document says "Ignored
+    assignments/unassignments are indicated as warnings" in the 200 answer.
+    """
     state = sim.state
     done = 0
     warnings: list[str] = []
@@ -148,20 +177,25 @@ def _apply_assignments(
         if volume is None or volume.kind != "appstack":
             warnings.append(f"Unable to find AppStack {volume_id}")
             continue
+        changed = False
         for doc in entities:
             entity = state.entity_for(str(doc.get("entity_type") or "User"), str(doc.get("path") or doc["id"]))
             existing = [a for a in state.assignments_of(volume.id) if a.entity is entity]
             if action == "assign" and not existing:
                 assignment = Assignment(state.next_id("assignment"), volume.id, entity, prefix)
                 state.assignments[assignment.id] = assignment
+                changed = True
             elif action == "unassign" and existing:
                 for a in existing:
                     del state.assignments[a.id]
+                changed = True
+            elif action == "assign":
+                warnings.append(f"{entity.account_name} is already assigned to {volume.name}")
             else:
-                warnings.append(f"{entity.account_name} is already {action}ed to {volume.name}")
-                continue
-        state.record("Assign" if action == "assign" else "Unassign", volume, admin)
-        done += 1
+                warnings.append(f"{entity.account_name} is not assigned to {volume.name}")
+        if changed:
+            state.record("Assign" if action == "assign" else "Unassign", volume, admin)
+            done += 1
     return done, warnings
 
 
