@@ -49,7 +49,10 @@ class ManifestUnreadable(Error):
 
 class NothingToKeep(Error):
     template = "the policy keeps no snapshot"
-    hint = "give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly"
+    hint = (
+        "give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly,"
+        " or a [retention] table in the configuration"
+    )
     code = "nothing_to_keep"
 
 

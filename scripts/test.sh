@@ -14,6 +14,7 @@ DEBIAN_PACKAGES=(
   golang-go golang-github-vmware-govmomi-dev          # vcsim, built from Debian's govmomi sources
   restic borgbackup                                   # peers for the benchmarks
   openssl
+  systemd                                             # systemd-analyze checks the units `toolkit schedule` writes
   chromium                                            # renders `toolkit report` pages headless
 )
 missing=()

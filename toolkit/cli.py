@@ -1633,11 +1633,14 @@ def prune(
     volume that has been deleted from the datastores (for --keep-deleted-days,
     default forever), so retention never finishes what an accidental deletion
     started. Space is freed by deleting packs nothing references and repacking
-    those mostly unreferenced. Times are bucketed in UTC.
+    those mostly unreferenced. Times are bucketed in UTC. Without any --keep-*
+    option the configuration's [retention] is the policy (what the scheduled
+    prune job runs).
 
     \b
     Example:
       toolkit --repo /backup/appstacks prune --keep-daily 14 --keep-weekly 8 --keep-monthly 12 --dry-run
+      toolkit --config /etc/appstack-toolkit/config.toml prune --dry-run
     """
     from datetime import UTC, datetime
 
@@ -1645,12 +1648,20 @@ def prune(
     from catalog.prune import prune as prune_repo
 
     policy = Policy(keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_deleted_days)
+    source = "options"
+    if policy.empty and keep_deleted_days is None:
+        config = c.config(required=False)
+        if config is not None and config.retention is not None:
+            r = config.retention
+            counts = (r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly, r.keep_yearly)
+            policy = Policy(*counts, r.keep_deleted_days)
+            source = f"[retention] of {config.path}"
     progress = c.progress("prune")
     with c.open(readonly=False) as repo, repo.writing("prune"):
         report = prune_repo(repo, policy, dry_run=dry_run, now=datetime.now(UTC), progress=progress)
     progress.finish()
     verb = "would remove" if dry_run else "removed"
-    lines = [f"{verb} {len(report.removed)} snapshot(s), kept {len(report.kept)}"]
+    lines = [f"{verb} {len(report.removed)} snapshot(s), kept {len(report.kept)} (policy from {source})"]
     lines += [f"  keep {sid[:12]}: {', '.join(why)}" for sid, why in sorted(report.kept.items())]
     lines += [f"  {verb.split()[-1]} {sid[:12]}" for sid in report.removed]
     lines.append(
@@ -1660,7 +1671,7 @@ def prune(
     if report.locked:
         lines.append(f"kept under object lock ({len(report.locked)}), removed by a prune after the date shown:")
         lines += [f"  {x['kind']} {x['id'][:12]} until {x['until']}" for x in report.locked]
-    c.emit(report.to_json(), "\n".join(lines))
+    c.emit({**report.to_json(), "policy_from": source}, "\n".join(lines))
 
 
 @cli.command()

@@ -5,13 +5,14 @@
 | snapshot | nightly 02:30 (+ up to 15 min) | ``toolkit snapshot`` |
 | verify | Sundays 04:00, except the first of the month | ``toolkit verify --read-data-subset 15`` |
 | verify-data | the first Sunday of the month, 04:00 | ``toolkit verify --read-data`` |
-| prune | Saturdays 12:00 (+ up to 30 min), with a ``[retention]`` | ``toolkit prune --keep-… N …`` |
+| prune | Saturdays 12:00 (+ up to 30 min), with a ``[retention]`` | ``toolkit prune`` (the policy of ``[retention]``) |
 
 Fifteen percent a week reads every pack within seven weeks; the monthly full read
 bounds that at a month. The two verify jobs never fall on the same day. Prune
-runs only when the configuration has a retention policy, whose values become its
-options; it runs at midday, well after the night's snapshot and a day before the
-Sunday verify, because it needs the writer lock and no reader (it exits 3 otherwise).
+runs only when the configuration has a retention policy, which it reads at each
+run (an edited ``[retention]`` applies from the next run); it runs at midday,
+well after the night's snapshot and a day before the Sunday verify, because it
+needs the writer lock and no reader (it exits 3 otherwise).
 
 Units are named ``appstack-toolkit-JOB``, or with a schedule name
 ``appstack-toolkit-NAME-JOB``, so one host can hold the timers of several
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Final
 
 from catalog.errors import Error
-from toolkit.config import RETENTION_COUNTS, RetentionConfig
+from toolkit.config import RetentionConfig
 
 UNIT_PREFIX: Final = "appstack-toolkit"
 ENV_FILE: Final = Path("/etc/appstack-toolkit/env")  # KEY=value lines, mode 0600; optional
@@ -119,20 +120,12 @@ JOBS: Final = (
 )
 
 
-def prune_job(retention: RetentionConfig) -> Job:
-    """The weekly prune with the policy's values as ``prune`` options (counts of 0 are left out)."""
-    args = ["prune"]
-    for key in RETENTION_COUNTS:  # keep_daily → --keep-daily
-        count = getattr(retention, key)
-        if count:
-            args += ["--" + key.replace("_", "-"), str(count)]
-    if retention.keep_deleted_days is not None:
-        days = retention.keep_deleted_days
-        args += ["--keep-deleted-days", str(int(days)) if float(days).is_integer() else repr(float(days))]
+def prune_job() -> Job:
+    """The weekly prune: ``prune`` without options applies the configuration's ``[retention]`` at each run."""
     return Job(
         name="prune",
         description="weekly prune of the snapshots the retention policy does not keep",
-        args=tuple(args),
+        args=("prune",),
         # Saturday midday: the night's snapshot (02:30) is long done and the Sunday verify (04:00) far off.
         on_calendar="Sat *-*-* 12:00:00",
         randomized_delay="30min",
@@ -148,7 +141,7 @@ def prune_job(retention: RetentionConfig) -> Job:
 
 def jobs_for(retention: RetentionConfig | None) -> tuple[Job, ...]:
     """The routine jobs, plus the weekly prune when the configuration has a retention policy."""
-    return JOBS if retention is None else (*JOBS, prune_job(retention))
+    return JOBS if retention is None else (*JOBS, prune_job())
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,6 @@ import getpass
 import itertools
 import os
 import shlex
-import shutil
 import stat
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from toolkit.schedule import (
     cron_line,
     format_units,
     install,
+    jobs_for,
     prune_job,
     repository_owner,
     systemd_units,
@@ -139,7 +139,6 @@ def test_without_a_repository_the_configuration_names_it(tmp_path: Path) -> None
     assert "RequiresMountsFor" not in service["Unit"]
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_calendars_weekly_and_monthly_verify_never_share_a_day() -> None:
     got = {}
     for job in JOBS:
@@ -164,7 +163,6 @@ def test_calendars_weekly_and_monthly_verify_never_share_a_day() -> None:
     assert all(b - a == timedelta(days=7) for a, b in itertools.pairwise(span))
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
     # An executable at a path with a space, a percent sign and a dollar: quoting and escaping must hold,
     # or systemd looks for a different file and reports it missing.
@@ -399,15 +397,7 @@ def test_retention_adds_a_prune_service_and_timer(tmp_path: Path) -> None:
         str(tmp_path / "toolkit.toml"),
         "--repo",
         str(tmp_path / "repo"),
-        "prune",
-        "--keep-daily",
-        "14",
-        "--keep-weekly",
-        "8",
-        "--keep-monthly",
-        "12",
-        "--keep-deleted-days",
-        "30",
+        "prune",  # the policy is read from [retention] at each run: an edit applies without a new schedule
     ]
     assert prune["Unit"]["RequiresMountsFor"] == str(tmp_path / "repo")
     # Same rules as the other jobs: exit codes stay failures, secrets from the env file; the priority of verify
@@ -422,21 +412,9 @@ def test_retention_adds_a_prune_service_and_timer(tmp_path: Path) -> None:
     assert "\n0 12 * * 6 " in cron_file(sched).text
 
 
-def test_prune_options_follow_the_policy() -> None:
-    assert prune_job(RetentionConfig(keep_last=3)).args == ("prune", "--keep-last", "3")
-    assert prune_job(RetentionConfig(keep_yearly=5, keep_deleted_days=0.5)).args == (
-        "prune",
-        "--keep-yearly",
-        "5",
-        "--keep-deleted-days",
-        "0.5",
-    )
-    every = RetentionConfig(1, 2, 3, 4, 5, 0.0)
-    assert prune_job(every).args == (
-        "prune",
-        *("--keep-last", "1", "--keep-daily", "2", "--keep-weekly", "3"),
-        *("--keep-monthly", "4", "--keep-yearly", "5", "--keep-deleted-days", "0"),
-    )
+def test_the_prune_job_reads_the_policy_at_each_run() -> None:
+    assert prune_job().args == ("prune",)
+    assert jobs_for(RETENTION)[-1] == prune_job() and jobs_for(None) == JOBS
 
 
 def _timespan_s(text: str) -> int:
@@ -445,9 +423,8 @@ def _timespan_s(text: str) -> int:
     return int(number) * units[text[len(number) :]]
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_prune_runs_on_saturdays_apart_from_the_snapshot_and_the_verifies() -> None:
-    job = prune_job(RETENTION)
+    job = prune_job()
     out = subprocess.run(
         ["systemd-analyze", "calendar", "--iterations=60", job.on_calendar],
         capture_output=True,
@@ -467,7 +444,6 @@ def test_prune_runs_on_saturdays_apart_from_the_snapshot_and_the_verifies() -> N
     assert 12 * 3600 - (2 * 3600 + 45 * 60) >= 9 * 3600
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_systemd_analyze_verify_accepts_named_units_and_the_prune_job(tmp_path: Path) -> None:
     exe = tmp_path / "bin" / "toolkit"
     exe.parent.mkdir()
@@ -500,27 +476,44 @@ def test_the_prune_service_command_prunes_the_repository(toolkit: Toolkit, tmp_p
     data = toolkit.json("--config", str(config), "schedule")
     prune = parse(next(f["text"] for f in data["files"] if f["name"] == "appstack-toolkit-prune.service"))
     argv = exec_argv(prune["Service"]["ExecStart"])
-    assert argv[-5:] == ["prune", "--keep-last", "1", "--keep-deleted-days", "0.5"]
+    assert argv[-1] == "prune"
     r = subprocess.run(argv, capture_output=True, text=True, check=False, cwd="/")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "removed 2 snapshot(s), kept 1" in r.stdout
+    assert f"removed 2 snapshot(s), kept 1 (policy from [retention] of {config})" in r.stdout
     assert [s["id"] for s in toolkit.json("snapshots")["snapshots"]] == [newest]
+
+
+def test_prune_options_override_the_retention_of_the_configuration(toolkit: Toolkit, tmp_path: Path) -> None:
+    ds1 = tmp_path / "ds1"
+    make_volume(ds1, "cloudvolumes/apps/Visio.vmdk", size_mib=4, seed=1, real=False)
+    config = tmp_path / "toolkit.toml"
+    config.write_text(f'repository = "{toolkit.repo}"\n' + SITE.format(ds=ds1) + "[retention]\nkeep_last = 1\n")
+    toolkit("init")
+    for _ in range(3):
+        assert toolkit("--config", str(config), "snapshot").exit_code == 0
+    given = toolkit.json("--config", str(config), "prune", "--keep-last", "2", "--dry-run")
+    assert given["policy_from"] == "options" and len(given["kept"]) == 2
+    configured = toolkit.json("--config", str(config), "prune", "--dry-run")
+    assert configured["policy_from"] == f"[retention] of {config}" and len(configured["kept"]) == 1
+    config.write_text(f'repository = "{toolkit.repo}"\n' + SITE.format(ds=ds1))
+    r = toolkit("--config", str(config), "prune")
+    assert r.exit_code == 2 and "keeps no snapshot" in r.stderr and "[retention]" in r.stderr
+    assert len(toolkit.json("snapshots")["snapshots"]) == 3
 
 
 def test_cron_prune_line_runs_on_saturdays_and_speaks_only_on_failure(tmp_path: Path, fake_bin: Path) -> None:
     logs = tmp_path / "log"
     logs.mkdir()
     sched = spec(tmp_path, command=(str(fake_bin / "toolkit"),), retention=RETENTION, env_file=tmp_path / "env")
-    line = cron_line(sched, prune_job(RETENTION), logs)
+    line = cron_line(sched, prune_job(), logs)
     assert line.split(" ", 6)[:6] == ["0", "12", "*", "*", "6", getpass.getuser()]
     assert cron_file(sched, log_dir=logs).text.endswith(line + "\n")
     ok = _run_cron(line, fake_bin)
     assert ok.stdout == ok.stderr == ""
-    assert "prune --keep-daily 14 --keep-weekly 8 --keep-monthly 12 --keep-deleted-days 30" in (
-        (logs / "prune.log").read_text()
-    )
+    args = next(line for line in (logs / "prune.log").read_text().splitlines() if line.startswith("args: "))
+    assert args.endswith(" prune")
     bad = _run_cron(line, fake_bin, rc=3)
-    assert bad.stdout.startswith("toolkit prune --keep-daily 14")
+    assert bad.stdout.startswith("toolkit prune exited with 3")
     assert f"exited with 3 (see {logs / 'prune.log'})" in bad.stdout
 
 
@@ -630,7 +623,7 @@ def test_the_cli_names_units_and_schedules_prune(toolkit: Toolkit, tmp_path: Pat
     assert r.exit_code == 0, r.stderr
     data = toolkit.json("--config", str(kept), "schedule", "--name", "dc2", "--install", str(units))
     assert data["name"] == "dc2" and data["warnings"] == []
-    assert data["jobs"][-1] == {"name": "prune", "args": ["prune", "--keep-daily", "14", "--keep-monthly", "6"]}
+    assert data["jobs"][-1] == {"name": "prune", "args": ["prune"]}
     assert data["timers"] == [f"appstack-toolkit-dc2-{j}.timer" for j in ("snapshot", "verify", "verify-data", "prune")]
     assert len(list(units.iterdir())) == 6 + 8
     assert (units / "appstack-toolkit-snapshot.service").read_text() != (
