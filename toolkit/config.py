@@ -13,6 +13,7 @@ import shlex
 import stat
 import subprocess
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -23,6 +24,18 @@ from catalog.errors import Error
 TRANSPORTS: Final = ("local", "sftp", "http")
 WRITABLE_POLICIES: Final = ("skip", "copy", "disable")
 SECRET_COMMAND_TIMEOUT_S: Final = 30.0
+# The keys each table takes (anything else is refused: a misspelt key must not be silently ignored).
+SECRET_KEYS: Final = ("password", "password_env", "password_file", "password_command")
+TLS_KEYS: Final = ("tls_verify", "ca_bundle", "thumbprint_sha256")
+SITE_KEYS: Final = ("manager", "vcenter", "datastores", "copy_host", "writables", "include", "exclude")
+DATASTORE_KEYS: Final = {
+    "local": ("transport", "path", "vsan", "staging", "copy_host"),  # the last three: refused with the reason below
+    "http": ("transport", "vsan", "staging", "copy_host"),
+    "sftp": (
+        *("transport", "path", "host", "port", "user", "key_file", "known_hosts", "host_hashing", *SECRET_KEYS),
+        *("vsan", "staging", "copy_host"),
+    ),
+}
 MAX_AGE_HOURS: Final = 26.0  # status: a nightly run, its randomized delay and a long night's run time
 CHECK_TIMEOUT_S: Final = 10.0  # check: per connection and request; a live endpoint answers in well under a second
 # Names of environment variables, not secrets (hence the noqa): an encrypted repository's passphrase,
@@ -297,6 +310,16 @@ class _Reader:
             raise self.fail(where, "must be a table")
         return raw
 
+    def known(self, raw: dict[str, Any], where: str, keys: Iterable[str], what: str = "") -> None:
+        """Refuse keys this table does not take: a misspelt key would otherwise be ignored without a word."""
+        allowed = set(keys)
+        unknown = set(raw) - allowed
+        if unknown:
+            for_what = f" for {what}" if what else ""
+            raise self.fail(
+                where, f"unknown key(s){for_what}: {', '.join(sorted(unknown))} (known: {', '.join(sorted(allowed))})"
+            )
+
     def text(self, raw: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
         value = raw.get(key, default)
         if not isinstance(value, str) or (default is None and not value):
@@ -390,15 +413,18 @@ class _Reader:
     def site(self, name: str, raw_site: object) -> SiteConfig:
         where = f"[sites.{name}]"
         raw = self.table(raw_site, where)
+        self.known(raw, where, SITE_KEYS)
         manager = None
         if "manager" in raw:
             m = self.table(raw["manager"], f"{where}.manager")
             w = f"{where}.manager"
+            self.known(m, w, ("url", "user", *SECRET_KEYS, *TLS_KEYS))
             manager = ManagerConfig(self.text(m, "url", w), self.text(m, "user", w), self.secret(m, w), self.tls(m, w))
         vcenter = None
         if "vcenter" in raw:
             v = self.table(raw["vcenter"], f"{where}.vcenter")
             w = f"{where}.vcenter"
+            self.known(v, w, ("url", "user", "datacenter", *SECRET_KEYS, *TLS_KEYS))
             vcenter = VcenterConfig(
                 self.text(v, "url", w),
                 self.text(v, "user", w),
@@ -431,10 +457,7 @@ class _Reader:
             return None
         w = f"{where[:-1]}.copy_host]"  # [sites.dc1] → [sites.dc1.copy_host]
         h = self.table(raw["copy_host"], w)
-        unknown = set(h) - {"url", "user", "password", "password_env", "password_file", "password_command"}
-        unknown -= {"tls_verify", "ca_bundle", "thumbprint_sha256"}
-        if unknown:
-            raise self.fail(w, f"unknown key(s): {', '.join(sorted(unknown))}")
+        self.known(h, w, ("url", "user", *SECRET_KEYS, *TLS_KEYS))
         return CopyHostConfig(self.text(h, "url", w), self.text(h, "user", w), self.secret(h, w), self.tls(h, w), w)
 
     def check_staging(self, where: str, datastores: tuple[DatastoreConfig, ...], vcenter: VcenterConfig | None) -> None:
@@ -469,6 +492,7 @@ class _Reader:
         transport = raw.get("transport", "local")
         if transport not in TRANSPORTS:
             raise self.fail(where, f"transport must be one of {', '.join(TRANSPORTS)}")
+        self.known(raw, where, DATASTORE_KEYS[transport], f'transport = "{transport}"')
         vsan, staging = self.vsan_fields(raw, where)
         copy_host = self.copy_host(raw, where)
         if copy_host is not None and not vsan:

@@ -205,6 +205,34 @@ def test_config_init_writes_a_private_template_that_loads(tmp_path: Path) -> Non
     assert run_toolkit("config", "init", str(target)).returncode == 2  # never overwritten silently
 
 
+@pytest.mark.parametrize(
+    ("extra", "where", "key"),
+    [
+        ('[sites.s]\nwriteables = "copy"\n', "[sites.s]", "writeables"),
+        ('[sites.s.manager]\nurl = "https://avm"\nuser = "u"\npasword_env = "P"\n', "[sites.s].manager", "pasword_env"),
+        ('[sites.s.vcenter]\nurl = "https://vc"\nuser = "u"\npassword_env = "P"\ndatacentre = "D"\n', "", "datacentre"),
+        ('[sites.s.datastores.ds2]\npath = "/mnt/ds2"\nhost = "esx1"\n', "[sites.s.datastores.ds2]", "host"),
+        (
+            '[sites.s.datastores.ds2]\ntransport = "sftp"\nhost = "esx1"\nkeyfile = "~/.ssh/id"\n',
+            "[sites.s.datastores.ds2]",
+            "keyfile",
+        ),
+    ],
+)
+def test_a_misspelt_key_is_refused_not_ignored(tmp_path: Path, extra: str, where: str, key: str) -> None:
+    from toolkit.config import ConfigError, load_config
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[sites.s.datastores.ds1]\npath = "{tmp_path}"\n{extra}')
+    cfg.chmod(0o600)
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert key in str(info.value) and where in str(info.value) and "known:" in str(info.value)
+    proc = run_toolkit("--config", str(cfg), "--repo", str(tmp_path / "r"), "snapshot")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and key in proc.stderr.splitlines()[0]
+
+
 def test_a_missing_config_is_a_clear_error(tmp_path: Path) -> None:
     proc = run_toolkit("--config", str(tmp_path / "none.toml"), "--repo", str(tmp_path / "r"), "snapshot")
     assert proc.returncode == 2
