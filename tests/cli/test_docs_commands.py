@@ -5,8 +5,9 @@ The guides (docs/quickstart.md, docs/operations.md, docs/runbook.md) put such co
 (default 0). Commands for a real vCenter/ESXi site sit in plain blocks and are not run.
 
 Each guide runs in one bash process (so ``cd``, variables and ``VAR=$(...)`` carry over) against
-a fresh simulated site built here like ``toolkit lab up`` builds it (without timed replication, so
-nothing changes under a command). The guides use these variables, which the test sets:
+a fresh simulated site built here like ``toolkit lab up`` builds it, with the same manager
+(``toolkit.lab.up.fill_manager``: volumes imported, replicated and assigned) but without timed
+replication, so nothing changes under a command. The guides use these variables, which the test sets:
 
 - ``LAB``: the site's directory: datastores ``$LAB/ds1`` and ``$LAB/ds2``, the configuration
   ``$LAB/toolkit.toml`` (repository ``$LAB/repo``, not created yet);
@@ -32,10 +33,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.avm import AvmClient
 from toolkit.lab.avm_sim import AvmSimulator
 from toolkit.lab.corpus import make_datastore
-from toolkit.lab.up import FOLDERS, write_lab_config
+from toolkit.lab.up import fill_manager, write_lab_config
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDES = ("quickstart.md", "operations.md", "runbook.md")
@@ -108,7 +108,7 @@ def unavailable(command: str, subcommands: set[str]) -> str | None:
 
 @contextmanager
 def lab(directory: Path) -> Iterator[None]:
-    """The site ``toolkit lab up DIRECTORY`` starts (2.x), with replication only when asked."""
+    """The site ``toolkit lab up DIRECTORY`` starts (2.x, its volumes assigned), with replication only when asked."""
     stores = {"ds1": directory / "ds1", "ds2": directory / "ds2"}
     for path in stores.values():
         path.mkdir(parents=True)
@@ -120,12 +120,7 @@ def lab(directory: Path) -> Iterator[None]:
     with AvmSimulator(
         stores, flavour="2.x", password=password, storage_groups={"sg1": ["ds1", "ds2"]}, job_delay_s=0.05
     ) as sim:
-        client = AvmClient(sim.url, "admin", password)
-        for folder in FOLDERS["2.x"]:
-            if (stores["ds1"] / folder).is_dir():
-                client.import_folder("ds1", folder)
-        client.wait_jobs(60)
-        sim.replicate_now()
+        fill_manager(sim)
         write_lab_config(directory, sim.url, None, stores)
         yield
 

@@ -7,11 +7,15 @@ import os
 import secrets
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
+
+import requests
 
 from toolkit.avm import AvmClient
-from toolkit.lab.avm_sim import AvmSimulator
+from toolkit.lab.avm_sim import AvmSimulator, VolumeInfo
+from toolkit.lab.avm_sim.errors import SimulatorError
 from toolkit.lab.corpus import make_datastore
 
 Say = Callable[[str], None]
@@ -20,6 +24,27 @@ FOLDERS = {
     "2.x": ("cloudvolumes/apps", "cloudvolumes/writable"),
     "4.x": ("appvolumes/packages", "appvolumes/writables"),
 }
+SEED_TIMEOUT_S: Final = 30.0  # a loopback call to the simulator; longer means it hangs
+
+
+@dataclass(frozen=True, slots=True)
+class SampleAssignment:
+    """One assignment the lab's manager holds, as an admin made it."""
+
+    volume: str  # the AppStack's or package's name in the manager
+    entity_type: str  # User | Group
+    path: str  # the entity's directory path (distinguished name)
+    pinned: bool = False  # 4.x: to the package itself; else through its application's CURRENT marker
+    computer_prefix: str = ""  # only on computers whose name starts so (2.x mount prefix, 4.x filter)
+
+
+# Office 2016 is the runbook's corrupted AppStack: the switch drill moves a user and a group
+# (4.x: a pin and a CURRENT-marker assignment). Adobe Reader DC is its deleted one.
+SAMPLE_ASSIGNMENTS: Final = (
+    SampleAssignment("Office 2016", "User", "CN=jdoe,OU=Users,DC=lab,DC=example", pinned=True, computer_prefix="VDI"),
+    SampleAssignment("Office 2016", "Group", "CN=Designers,OU=Groups,DC=lab,DC=example"),
+    SampleAssignment("Adobe Reader DC", "Group", "CN=Domain Users,CN=Users,DC=lab,DC=example"),
+)
 
 
 def _private(path: Path, text: str) -> None:
@@ -77,6 +102,83 @@ password_file = "{password_file}"
 {pin}{stores}""",
     )
     return config
+
+
+def fill_manager(sim: AvmSimulator) -> list[str]:
+    """Give the lab's manager what a site's holds: the volumes on ds1 imported and replicated, some assigned.
+
+    ``toolkit lab up`` and the test of the guides' commands both build the site with this.
+    Returns one line per assignment made (see :func:`assign_samples`).
+    """
+    verify: bool | str = str(sim.cert_path) if sim.cert_path else True
+    client = AvmClient(sim.url, sim.settings.username, sim.settings.password, verify=verify)
+    root = sim.datastore_root("ds1")
+    for folder in FOLDERS[sim.flavour]:
+        if (root / folder).is_dir():
+            client.import_folder("ds1", folder)
+    client.wait_jobs(60)
+    client.logout()
+    sim.replicate_now()
+    return assign_samples(sim)
+
+
+def assign_samples(sim: AvmSimulator) -> list[str]:
+    """Make :data:`SAMPLE_ASSIGNMENTS` through the manager's own API, as an admin's console does; one line each.
+
+    A sample volume the manager does not list (deleted in an earlier run of the lab) is left out.
+    """
+    listed = {v.name: v for v in sim.volumes() if v.kind in ("appstack", "package")}
+    sessions = "/app_volumes/sessions" if sim.flavour == "4.x" else "/cv_api/sessions"
+    lines = []
+    with requests.Session() as session:
+        login = {"username": sim.settings.username, "password": sim.settings.password}
+        _seed_call(sim, session, "POST", sessions, json=login)
+        for a in SAMPLE_ASSIGNMENTS:
+            volume = listed.get(a.volume)
+            if volume is None:
+                continue
+            assign = _assign_appstack if sim.flavour == "2.x" else _assign_package
+            how = assign(sim, session, volume, a)
+            name = a.path.split(",", 1)[0].split("=", 1)[-1]
+            lines.append(f"{a.volume!r} assigned to {a.entity_type.lower()} {name}{how}")
+        _seed_call(sim, session, "DELETE", sessions)
+    return lines
+
+
+def _assign_appstack(sim: AvmSimulator, session: requests.Session, volume: VolumeInfo, a: SampleAssignment) -> str:
+    """2.x: ``POST /cv_api/assignments``; how the assignment reads."""
+    entity = {"entity_type": a.entity_type, "path": a.path}
+    body = {"action_type": "assign", "id": volume.id, "assignments": [entity], "mount_prefix": a.computer_prefix}
+    _seed_call(sim, session, "POST", "/cv_api/assignments", json=body)
+    return f" on computers named {a.computer_prefix}*" if a.computer_prefix else ""
+
+
+def _assign_package(sim: AvmSimulator, session: requests.Session, volume: VolumeInfo, a: SampleAssignment) -> str:
+    """4.x: the package pinned, or made its application's CURRENT and assigned through the marker; how it reads."""
+    entity = {"entity_type": a.entity_type, "path": a.path}
+    item: dict[str, Any] = {"app_product_id": volume.product_id, "entities": [entity]}
+    if a.pinned:
+        item |= {"app_package_id": volume.id, "app_marker_id": None}
+        how = ", pinned to the package"
+    else:
+        path = f"/app_volumes/app_products/{volume.product_id}/app_markers/CURRENT"
+        marker = _seed_call(sim, session, "PUT", path, params={"data[app_package_id]": volume.id})
+        item |= {"app_package_id": None, "app_marker_id": marker["data"]["id"]}
+        how = ", through the CURRENT marker"
+    if a.computer_prefix:
+        item["filters"] = [{"type": "ComputerPrefixFilter", "value": a.computer_prefix}]
+        how = f" on computers named {a.computer_prefix}*{how}"
+    _seed_call(sim, session, "POST", "/app_volumes/app_assignments", json={"data": [item]})
+    return how
+
+
+def _seed_call(sim: AvmSimulator, session: requests.Session, method: str, path: str, **kw: Any) -> Any:
+    """One call to the simulator's manager API; its JSON answer. Anything but a 2xx is a bug of the lab."""
+    verify: bool | str = str(sim.cert_path) if sim.cert_path else True
+    r = session.request(method, sim.url + path, timeout=SEED_TIMEOUT_S, verify=verify, **kw)
+    if not r.ok:
+        raise SimulatorError(detail=f"{method} {path} answered HTTP {r.status_code}: {r.text[:300]}")
+    return r.json() if r.content else None
 
 
 def lab_up(
@@ -145,12 +247,7 @@ def _serve(
         job_delay_s=0.2,
         replication_interval_s=60.0,
     ) as sim:
-        client = AvmClient(sim.url, "admin", password, verify=str(sim.cert_path) if tls else True)
-        for folder in FOLDERS[flavour]:
-            if (stores["ds1"] / folder).is_dir():
-                client.import_folder("ds1", folder)
-        client.wait_jobs(60)
-        sim.replicate_now()
+        assigned = fill_manager(sim)
         config = write_lab_config(
             directory, sim.url, sim.thumbprint_sha256 if tls else None, stores, vcenter=vc, sshd=ssh
         )
@@ -169,6 +266,8 @@ def _serve(
         for name, path in stores.items():
             say(f"datastore {name}: {path}")
         say("storage group sg1 = ds1, ds2 (replication every 60 s; deletions propagate)")
+        for line in assigned:
+            say(f"manager: {line}")
         if vc is not None:
             facts["vcenter_url"] = vc.url
             say(f"vCenter simulator: {vc.url} (user {vc.user}, datacenter {vc.datacenter})")
