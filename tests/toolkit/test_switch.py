@@ -23,11 +23,10 @@ from toolkit.sites import SiteUnknown, SiteWithoutManager
 
 from ..conftest import run_toolkit
 from .test_discovery import FOLDERS, write_config
+from .test_register import DESIGNERS, JDOE, assign, assignments_of, manager_session
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 
-JDOE = {"entity_type": "User", "path": "CN=jdoe,OU=Users,DC=lab,DC=example"}
-DESIGNERS = {"entity_type": "Group", "path": "CN=Designers,OU=Groups,DC=lab,DC=example"}
 OFFICE, RESTORED = "Office 2016", "Office 2016 restored"
 
 
@@ -39,10 +38,9 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[AvmSi
     with AvmSimulator({"ds1": tmp_path / "ds1"}, flavour=flavour, job_delay_s=0.01) as sim:
         for folder in FOLDERS[flavour]:
             sim.import_folder_now("ds1", folder)
-        s = requests.Session()
-        r = s.post(f"{sim.url}/cv_api/sessions", json={"username": "admin", "password": "admin"}, timeout=10)
-        assert r.ok, r.text
-        assign(sim, s, volume(sim, OFFICE).id)
+        s = manager_session(sim)
+        office = volume(sim, OFFICE)
+        assign(sim, s, office.id, office.product_id)
         cfg = write_config(tmp_path, sim.url)
         assert cli(cfg, "init")[0] == 0
         assert cli(cfg, "snapshot")[0] == 0
@@ -58,49 +56,6 @@ def cli(cfg: Path, *args: str) -> tuple[int, dict[str, Any], str]:
 
 def volume(sim: AvmSimulator, name: str) -> Any:
     return next(v for v in sim.volumes() if v.name == name)
-
-
-def assign(sim: AvmSimulator, s: requests.Session, volume_id: int) -> None:
-    """2.x: a user (for computers named VDI*) and a group; 4.x: the group through CURRENT, the user pinned."""
-    if sim.flavour == "2.x":
-        for entity, prefix in ((JDOE, "VDI"), (DESIGNERS, "")):
-            body = {"action_type": "assign", "id": volume_id, "assignments": [entity], "mount_prefix": prefix}
-            assert s.post(f"{sim.url}/cv_api/assignments", json=body, timeout=10).json()["successes"]
-        return
-    product_id = sim.volume(volume_id).product_id
-    url = f"{sim.url}/app_volumes/app_products/{product_id}/app_markers/CURRENT"
-    marker = s.put(url, params={"data[app_package_id]": volume_id}, timeout=10).json()["data"]
-    items = [
-        {"app_product_id": product_id, "entities": [DESIGNERS], "app_package_id": None, "app_marker_id": marker["id"]},
-        {
-            "app_product_id": product_id,
-            "entities": [JDOE],
-            "app_package_id": volume_id,
-            "app_marker_id": None,
-            "filters": [{"type": "ComputerPrefixFilter", "value": "VDI"}],
-        },
-    ]
-    r = s.post(f"{sim.url}/app_volumes/app_assignments", json={"data": items}, timeout=10)
-    assert r.status_code == 200, r.text
-
-
-def delivered(sim: AvmSimulator, s: requests.Session, volume_id: int) -> set[tuple[object, ...]]:
-    """What the manager says gives the volume to whom: (how, entity type, directory path, prefix or filters)."""
-    if sim.flavour == "2.x":
-        rows = s.get(f"{sim.url}/cv_api/assignments", timeout=10).json()["assignments"]
-        return {
-            ("appstack", r["entity_type"], r["entity_dn"], r["mount_prefix"])
-            for r in rows
-            if r["snapvol_id"] == volume_id
-        }
-    url = f"{sim.url}/app_volumes/app_packages/{volume_id}/assignments"
-    rows = s.get(url, params={"include": "entities,filters"}, timeout=10).json()["data"]
-    return {
-        ("marker" if r.get("app_marker_id") else "package", e["entity_type"], e["distinguished_name"],
-         tuple(f["value"] for f in r["filters"]))
-        for r in rows
-        for e in r["entities"]
-    }  # fmt: skip
 
 
 def current_package(sim: AvmSimulator, s: requests.Session, product_id: int) -> int | None:
@@ -125,7 +80,7 @@ def test_the_runbook_flow_leaves_desktops_on_the_restored_volume_only(site) -> N
     sim, cfg, s = site
     office = volume(sim, OFFICE)
     sim.admin_attach(office.id)  # desktops use it: it is never replaced, only switched away from
-    before = delivered(sim, s, office.id)
+    before = assignments_of(sim, s, office.id)
     assert len(before) == 2
     restored = restore_beside(sim, cfg)
     marker_before = current_package(sim, s, office.product_id) if sim.flavour == "4.x" else None
@@ -148,20 +103,20 @@ def test_the_runbook_flow_leaves_desktops_on_the_restored_volume_only(site) -> N
         ]
         assert (plan["marker"]["status"], plan["marker"]["package_id"]) == ("would move", office.id)
         assert current_package(sim, s, office.product_id) == office.id
-    assert delivered(sim, s, office.id) == before
+    assert assignments_of(sim, s, office.id) == before
     text = run_toolkit("--config", str(cfg), "switch", "--from", OFFICE, "--to", RESTORED, "--dry-run",
                        env={"TEST_AVM_PASSWORD": "admin"})  # fmt: skip
     assert text.returncode == 0 and "dry run: nothing was changed" in text.stdout
     assert "LAB\\jdoe" in text.stdout
     if sim.flavour == "4.x":
         assert f"CURRENT marker: points at FROM (package id {office.id}); would move to TO" in text.stdout
-    assert delivered(sim, s, office.id) == before
+    assert assignments_of(sim, s, office.id) == before
 
     rc, report, err = cli(cfg, "switch", "--from", OFFICE, "--to", RESTORED)
     assert rc == 0, (err, report)
     assert report["ok"] and not report["dry_run"]
-    assert delivered(sim, s, office.id) == set()  # nothing gives desktops the damaged one any more
-    assert delivered(sim, s, restored.id) == before  # the same entities, prefixes and filters, on the restored one
+    assert assignments_of(sim, s, office.id) == set()  # nothing gives desktops the damaged one any more
+    assert assignments_of(sim, s, restored.id) == before  # the same entities, prefixes and filters, on the restored one
     statuses = sorted((a["via"], a["status"], a["from"]) for a in report["assignments"])
     if sim.flavour == "2.x":
         assert statuses == [("appstack", "moved", "removed")] * 2
@@ -177,32 +132,32 @@ def test_the_runbook_flow_leaves_desktops_on_the_restored_volume_only(site) -> N
     assert again["assignments"] == []
     if sim.flavour == "4.x":
         assert again["marker"]["status"] == "on TO"
-    assert delivered(sim, s, restored.id) == before
+    assert assignments_of(sim, s, restored.id) == before
 
 
 def test_switch_gives_the_restored_volume_what_it_lacks(site) -> None:
     """Without --restore-assignments, the switch itself assigns the restored volume first."""
     sim, cfg, s = site
     office = volume(sim, OFFICE)
-    before = delivered(sim, s, office.id)
+    before = assignments_of(sim, s, office.id)
     now = datetime.now(UTC).isoformat()
     args = ("restore", "--as-of", now, "--volume", OFFICE, "--to", "ds1", "--rename", "{name} restored", "--register")
     assert cli(cfg, *args)[0] == 0
     restored = volume(sim, RESTORED)
-    assert delivered(sim, s, restored.id) == set()  # 4.x: the CURRENT marker still points at the damaged one
+    assert assignments_of(sim, s, restored.id) == set()  # 4.x: the CURRENT marker still points at the damaged one
     rc, report, err = cli(
         cfg, "switch", "--from", f"ds1/{office.file_locations[0].split('] ', 1)[1]}", "--to", RESTORED
     )
     assert rc == 0, (err, report)
     assert {a["to"] for a in report["assignments"] if a["via"] != "marker"} == {"created"}
-    assert delivered(sim, s, office.id) == set()
-    assert delivered(sim, s, restored.id) == before
+    assert assignments_of(sim, s, office.id) == set()
+    assert assignments_of(sim, s, restored.id) == before
 
 
 def test_a_refused_assignment_leaves_the_damaged_volume_assigned(site) -> None:
     sim, cfg, s = site
     office = volume(sim, OFFICE)
-    before = delivered(sim, s, office.id)
+    before = assignments_of(sim, s, office.id)
     now = datetime.now(UTC).isoformat()
     args = ("restore", "--as-of", now, "--volume", OFFICE, "--to", "ds1", "--rename", "{name} restored", "--register")
     assert cli(cfg, *args)[0] == 0
@@ -217,16 +172,16 @@ def test_a_refused_assignment_leaves_the_damaged_volume_assigned(site) -> None:
     assert by_who["LAB\\jdoe"]["status"] == "failed"
     assert by_who["LAB\\jdoe"]["from"] == "kept"
     assert "Unable to save assignment" in by_who["LAB\\jdoe"]["detail"]
-    assert delivered(sim, s, office.id) == before  # the damaged one keeps every assignment
+    assert assignments_of(sim, s, office.id) == before  # the damaged one keeps every assignment
     if sim.flavour == "2.x":
         designers = by_who["LAB\\Designers"]
         assert (designers["to"], designers["from"], designers["status"]) == ("created", "kept", "not switched")
-        assert {d[2] for d in delivered(sim, s, restored.id)} == {DESIGNERS["path"]}
+        assert {d[2] for d in assignments_of(sim, s, restored.id)} == {DESIGNERS["path"]}
     else:
         assert by_who["LAB\\Designers"]["status"] == "not switched"
         assert report["marker"]["status"] == "not moved"
         assert current_package(sim, s, office.product_id) == office.id
-        assert delivered(sim, s, restored.id) == set()
+        assert assignments_of(sim, s, restored.id) == set()
     text = run_toolkit("--config", str(cfg), "switch", "--from", OFFICE, "--to", RESTORED,
                        env={"TEST_AVM_PASSWORD": "admin"})  # fmt: skip
     assert text.returncode == 1 and "not finished" in text.stdout
@@ -235,8 +190,8 @@ def test_a_refused_assignment_leaves_the_damaged_volume_assigned(site) -> None:
     sim.admin_refuse_assignments(JDOE["path"], refuse=False)
     rc, report, err = cli(cfg, "switch", "--from", OFFICE, "--to", RESTORED)
     assert rc == 0, (err, report)
-    assert delivered(sim, s, office.id) == set()
-    assert delivered(sim, s, restored.id) == before
+    assert assignments_of(sim, s, office.id) == set()
+    assert assignments_of(sim, s, restored.id) == before
 
 
 def refused(cfg: Path, *args: str) -> tuple[str, str]:
@@ -254,7 +209,7 @@ def refused(cfg: Path, *args: str) -> tuple[str, str]:
 def test_refusals_exit_2_with_one_line_and_change_nothing(site, tmp_path: Path) -> None:
     sim, cfg, s = site
     office = volume(sim, OFFICE)
-    before = delivered(sim, s, office.id)
+    before = assignments_of(sim, s, office.id)
     kind = "appstack" if sim.flavour == "2.x" else "package"
     other = sim.admin_create_volume(kind, OFFICE, folder="twins", current=False)  # the same name again
     writable = next(v for v in sim.volumes() if v.kind == "writable")
@@ -279,5 +234,5 @@ def test_refusals_exit_2_with_one_line_and_change_nothing(site, tmp_path: Path) 
     bare.chmod(0o600)
     code, _ = refused(bare, "--site", "dc1", "--from", key, "--to", adobe.name)
     assert code == SiteWithoutManager.code
-    assert delivered(sim, s, office.id) == before
-    assert delivered(sim, s, other.id) == set()
+    assert assignments_of(sim, s, office.id) == before
+    assert assignments_of(sim, s, other.id) == set()
