@@ -64,12 +64,12 @@ def current_package(sim: AvmSimulator, s: requests.Session, product_id: int) -> 
     return next((r["id"] for r in rows for m in r["app_markers"] if m["name"] == "CURRENT"), None)
 
 
-def restore_beside(sim: AvmSimulator, cfg: Path) -> Any:
-    """The runbook's step 3: the good version beside the damaged one, registered and assigned."""
+def restore_beside(sim: AvmSimulator, cfg: Path, *, assignments: bool = True) -> Any:
+    """The runbook's step 3: the good version beside the damaged one, registered (and assigned)."""
     now = datetime.now(UTC).isoformat()
     rc, report, err = cli(
-        cfg, "restore", "--as-of", now, "--volume", OFFICE, "--to", "ds1",
-        "--rename", "{name} restored", "--register", "--restore-assignments",
+        cfg, "restore", "--as-of", now, "--volume", OFFICE, "--to", "ds1", "--rename", "{name} restored",
+        "--register", *(["--restore-assignments"] if assignments else []),
     )  # fmt: skip
     assert rc == 0, (err, report)
     assert [v["status"] for v in report["volumes"]] == ["registered"]
@@ -140,10 +140,7 @@ def test_switch_gives_the_restored_volume_what_it_lacks(site) -> None:
     sim, cfg, s = site
     office = volume(sim, OFFICE)
     before = assignments_of(sim, s, office.id)
-    now = datetime.now(UTC).isoformat()
-    args = ("restore", "--as-of", now, "--volume", OFFICE, "--to", "ds1", "--rename", "{name} restored", "--register")
-    assert cli(cfg, *args)[0] == 0
-    restored = volume(sim, RESTORED)
+    restored = restore_beside(sim, cfg, assignments=False)
     assert assignments_of(sim, s, restored.id) == set()  # 4.x: the CURRENT marker still points at the damaged one
     rc, report, err = cli(
         cfg, "switch", "--from", f"ds1/{office.file_locations[0].split('] ', 1)[1]}", "--to", RESTORED
@@ -158,10 +155,7 @@ def test_a_refused_assignment_leaves_the_damaged_volume_assigned(site) -> None:
     sim, cfg, s = site
     office = volume(sim, OFFICE)
     before = assignments_of(sim, s, office.id)
-    now = datetime.now(UTC).isoformat()
-    args = ("restore", "--as-of", now, "--volume", OFFICE, "--to", "ds1", "--rename", "{name} restored", "--register")
-    assert cli(cfg, *args)[0] == 0
-    restored = volume(sim, RESTORED)
+    restored = restore_beside(sim, cfg, assignments=False)
     # The manager fails to save the user's assignment (2.x: the group's is saved; 4.x: the user is the pinned one).
     sim.admin_refuse_assignments(JDOE["path"])
 
