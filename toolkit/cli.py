@@ -1881,8 +1881,9 @@ def lab_up_cmd(c: Ctx, directory: Path, flavour: str, tls: bool, port: int, vcsi
     Datastores ds1 and ds2 (a storage group) are directories under DIRECTORY,
     seeded with sample volumes the first time; the App Volumes Manager
     simulator imports them and assigns two of them to a sample user and groups
-    (so restore --restore-assignments and switch have something to move). With --sshd the site reaches them over SFTP (as an
-    ESXi host), else with --vcsim over datastore HTTP, else as local mounts.
+    (so restore --restore-assignments and switch have something to move).
+    With --sshd the site reaches them over SFTP (as an ESXi host), else with
+    --vcsim over datastore HTTP, else as local mounts.
     DIRECTORY/toolkit.toml configures the site. Ctrl-C stops everything it started.
 
     \b
