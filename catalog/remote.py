@@ -17,8 +17,10 @@ are copies: the cache is disposable, and the object store is the truth.
   indexed: pack indexes through two ranged GETs at most, documents downloaded.
 - Locks: the writer lock is ``locks/writer``, created only if absent (a conditional PUT that
   one of two racing writers wins), holding the directory lock's JSON plus a random token;
-  readers announce themselves as ``locks/reader-<random>``. Stale locks are judged as for a
-  directory (:class:`catalog.lock.LockInfo`).
+  stale writer locks are judged as for a directory (:class:`catalog.lock.LockInfo`). Readers
+  announce themselves as ``locks/reader-<random>`` and a daemon thread writes the announcement
+  again every :data:`READER_HEARTBEAT_S` with the time in ``refreshed``; one not refreshed for
+  :data:`READER_STALE_S` belongs to a reader that died, on any host, and is removed.
 - Object Lock: packs and documents may carry a retention; a delete the store refuses for it
   raises :class:`Retained`, and a dropped snapshot whose document cannot go yet is marked
   ``forgotten/<snapshot_id>`` so no cache indexes it again and the next prune retries.
@@ -66,6 +68,19 @@ STALE_PARTIAL_S: Final = 24 * 3600.0  # an unfinished download older than this b
 FETCH_DIR: Final = "fetch"  # packs downloaded for verification (not tmp/, which a starting writer empties)
 WRITER: Final = "writer"
 READER_PREFIX: Final = "reader-"
+# A reader writes its announcement again this often (tests make it tiny). One small PUT every five minutes
+# costs nothing, even for a restore that runs for days, and keeps READER_STALE_S under an hour.
+READER_HEARTBEAT_S: Final = 300.0
+# The times in an announcement come from the reader's clock and are judged by the pruning host's clock.
+# S3 refuses a signed request whose time is more than 15 minutes off its own (RequestTimeTooSkewed; Ceph
+# RGW and MinIO enforce the same window), so two hosts that both use the bucket are at most 30 minutes apart.
+MAX_CLOCK_SKEW_S: Final = 15 * 60.0
+# An announcement not refreshed for this long belongs to a reader that died (kill -9, power loss, a host
+# cut off): the worst skew between two hosts (2 x 15 min) plus three missed heartbeats (15 min), which also
+# covers a refresh slowed by the store's retries. 45 minutes.
+READER_STALE_S: Final = 2 * MAX_CLOCK_SKEW_S + 3 * READER_HEARTBEAT_S
+# Withdrawing waits this long for a refresh in flight; a refresh that lands later removes the object itself.
+READER_WITHDRAW_WAIT_S: Final = 10.0
 PACK_NAME: Final = re.compile(r"[0-9a-f]{32}")
 SNAPSHOT_NAME: Final = re.compile(r"[0-9a-f]{64}")
 
@@ -230,29 +245,112 @@ def break_remote_lock(
     return held
 
 
-def announce_reader(remote: Remote, command: str) -> str | None:
+def _reader_data(info: LockInfo, refreshed: str) -> bytes:
+    return json.dumps(asdict(info) | {"token": "", "refreshed": refreshed}, sort_keys=True).encode() + b"\n"
+
+
+def reader_refreshed_at(data: bytes, held: LockInfo) -> datetime | None:
+    """When a reader announcement was last written: ``refreshed``, else (older announcements) ``since``.
+
+    None when the time cannot be read (this program never writes such a one): the announcement is kept.
+    """
+    try:
+        stamp = json.loads(data).get("refreshed") or held.since
+        at = datetime.fromisoformat(str(stamp))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return at if at.tzinfo is not None else None  # a time without a zone could be any host's local time
+
+
+class ReaderAnnouncement:
+    """This process's ``locks/reader-<random>``, written again every ``interval_s`` until :meth:`withdraw`.
+
+    The refreshes run in a daemon thread, which ends with the process: an announcement a dead
+    process leaves stops being refreshed, and :func:`remote_readers` removes it once it is
+    :data:`READER_STALE_S` old. A refresh that fails is logged and never reaches the command.
+    """
+
+    def __init__(self, remote: Remote, name: str, holder: LockInfo, interval_s: float) -> None:
+        self.remote = remote
+        self.name = name
+        self.holder = holder
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._withdrawn = False  # withdraw() removed the object (perhaps before a refresh in flight landed)
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def refresh(self) -> None:
+        """Write the announcement again with the time now; a failure is logged, never raised."""
+        try:
+            self.remote.put_lock(self.name, _reader_data(self.holder, _now_iso()))
+        except Exception as exc:  # noqa: BLE001 (a daemon thread with nothing above it: the command goes on)
+            log.warning(
+                "could not refresh the reader announcement %s in %s: %s; a prune elsewhere ignores it once it "
+                "is %.0f minutes old",
+                self.name,
+                self.remote.url,
+                exc,
+                READER_STALE_S / 60,
+            )
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.refresh()
+        with self._lock:
+            late = self._withdrawn
+        if late:  # withdraw() gave up waiting and removed the object before this refresh put it back
+            self._delete()
+
+    def _delete(self) -> None:
+        try:
+            self.remote.delete_lock(self.name)
+        except Error as exc:
+            log.warning("could not remove the reader announcement %s from %s: %s", self.name, self.remote.url, exc)
+
+    def withdraw(self) -> None:
+        """Stop the refreshes, then remove the announcement."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(READER_WITHDRAW_WAIT_S)
+        with self._lock:
+            self._withdrawn = True
+        self._delete()
+
+
+def announce_reader(remote: Remote, command: str) -> ReaderAnnouncement | None:
     """Announce a reader so a prune elsewhere keeps the packs it may read; None when the store refused it.
 
+    The announcement is refreshed every :data:`READER_HEARTBEAT_S` until :func:`withdraw_reader`.
     A reader whose credentials may only read still works; it is just not announced.
     """
+    me = lock_info(command)
     name = f"{READER_PREFIX}{uuid.uuid4().hex}"
     try:
-        remote.put_lock(name, _lock_data(lock_info(command), ""))
+        remote.put_lock(name, _reader_data(me, me.since))
     except Error as exc:
         log.info("could not announce this reader in %s: %s", remote.url, exc)
         return None
-    return name
+    announcement = ReaderAnnouncement(remote, name, me, READER_HEARTBEAT_S)
+    announcement.start()
+    return announcement
 
 
-def withdraw_reader(remote: Remote, name: str) -> None:
-    try:
-        remote.delete_lock(name)
-    except Error as exc:
-        log.warning("could not remove the reader announcement %s from %s: %s", name, remote.url, exc)
+def withdraw_reader(remote: Remote, announcement: ReaderAnnouncement) -> None:
+    """Stop refreshing a reader's announcement and remove it (``remote`` is the store it was announced in)."""
+    announcement.withdraw()
 
 
-def remote_readers(remote: Remote) -> list[LockInfo]:
-    """Readers other than this process; announcements of dead processes of this host are removed."""
+def remote_readers(remote: Remote, *, now: datetime | None = None) -> list[LockInfo]:
+    """Readers other than this process; announcements of dead readers are removed.
+
+    A reader is dead when it ran on this host and its process is gone, or (on any host) when its
+    announcement was not refreshed for :data:`READER_STALE_S` by the clock of this host.
+    """
+    now = now or datetime.now(UTC)
     out = []
     for name in remote.list_locks():
         if not name.startswith(READER_PREFIX):
@@ -264,6 +362,26 @@ def remote_readers(remote: Remote) -> list[LockInfo]:
         if held.pid == os.getpid() and held.host == socket.gethostname():
             continue
         if held.is_stale_here:
+            remote.delete_lock(name)
+            continue
+        refreshed = reader_refreshed_at(data, held)
+        if refreshed is not None and (now - refreshed).total_seconds() > READER_STALE_S:
+            current = remote.read_lock(name)  # a reader cut off for that long may have come back meanwhile
+            if current is None:
+                continue  # removed meanwhile (by a prune elsewhere)
+            if current != data:
+                out.append(held)
+                continue
+            log.warning(
+                "removing the reader announcement of pid %s on %s (%s, since %s): not refreshed since %s, "
+                "more than %.0f minutes ago, so that reader is gone",
+                held.pid,
+                held.host,
+                held.command,
+                held.since,
+                refreshed.isoformat(timespec="seconds"),
+                READER_STALE_S / 60,
+            )
             remote.delete_lock(name)
             continue
         out.append(held)

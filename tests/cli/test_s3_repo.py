@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -26,6 +27,7 @@ import pytest
 
 from catalog.errors import Locked, StoreExists, StoreNotFound
 from catalog.keys import NotEncrypted
+from catalog.prune import ReadersActive
 from toolkit.lab.corpus import make_volume
 from toolkit.lab.s3 import MotoS3Server
 from toolkit.objstore import (
@@ -275,6 +277,48 @@ def test_a_stale_lock_of_this_host_is_removed_and_an_old_one_elsewhere_by_unlock
     assert lab.toolkit("unlock", "--older-than", "48").exit_code == 3
     assert lab.toolkit("unlock", "--older-than", "24").exit_code == 0
     assert "locks/writer" not in lab.objects()
+
+
+def put_reader(lab: Lab, since: timedelta, refreshed: timedelta | None) -> str:
+    """A reader announcement as a restore on another host writes it, ``since`` and ``refreshed`` ago (None: as
+    written before announcements were refreshed, without the field); its key."""
+    now = datetime.now(UTC)
+    info = {"owner": "backup", "pid": 4343, "host": "restore-host", "command": "restore", "token": ""}
+    info["since"] = (now - since).isoformat()
+    if refreshed is not None:
+        info["refreshed"] = (now - refreshed).isoformat()
+    key = f"locks/reader-{'7e' * 16}"
+    lab.store().put_bytes(key, json.dumps(info).encode())
+    return key
+
+
+@pytest.mark.parametrize("field", ["refreshed", "since"])
+def test_a_reader_elsewhere_blocks_prune_until_its_announcement_is_no_longer_refreshed(
+    lab: Lab, field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restore on another host blocks prune while it refreshes its announcement; once that host died the
+    announcement goes stale, and the next prune removes it, says whose it was, and runs. An announcement
+    without ``refreshed`` (an older toolkit's) ages from ``since``."""
+    first = lab.snapshot()
+    lab.mutate()
+    second = lab.snapshot()
+    recent, old = timedelta(minutes=5), timedelta(minutes=50)  # the limit is 45 minutes
+    age = {"refreshed": (timedelta(days=3), recent), "since": (recent, None)}[field]
+    key = put_reader(lab, *age)
+    r = lab.toolkit("prune", "--keep-last", "1")
+    assert r.exit_code == ReadersActive.exit_code == 3, r.stdout + r.stderr
+    assert "restore pid 4343 on restore-host" in r.stderr
+    assert key in lab.objects("locks/") and lab.listed() == {first, second}
+
+    age = {"refreshed": (timedelta(days=3), old), "since": (old, None)}[field]
+    key = put_reader(lab, *age)
+    caplog.set_level(logging.WARNING, logger="catalog.remote")
+    r = lab.toolkit("prune", "--keep-last", "1", json_out=True)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["removed"] == [first]
+    assert not lab.objects("locks/"), "the stale announcement is removed, and prune's own are withdrawn"
+    assert "removing the reader announcement of pid 4343 on restore-host (restore" in caplog.text
+    lab.assert_restores(second)
 
 
 def test_a_running_writer_holds_the_lock_against_this_host_too(lab: Lab) -> None:

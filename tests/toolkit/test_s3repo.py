@@ -8,33 +8,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
 import socket
 import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from catalog import pack
+from catalog.check import VerifyReport, verify
 from catalog.errors import Locked, PackCorrupt
 from catalog.prune import Policy, ReadersActive, prune
 from catalog.remote import (
+    READER_STALE_S,
     PackCache,
     PacksNotUploaded,
     RemotePackMissing,
     Retained,
+    announce_reader,
     break_remote_lock,
     read_remote_pack_index,
+    remote_readers,
     remote_writer_lock,
+    withdraw_reader,
 )
 from catalog.repo import Repository
 from catalog.store import PackWriter
 from catalog.types import PackEntry
 from toolkit.lab.corpus import make_volume
-from toolkit.lab.s3 import MotoS3Server
+from toolkit.lab.s3 import FaultProxy, MotoS3Server, ProxiedRequest
 from toolkit.objstore import LockMode, ObjectLockNotEnabled, ObjectStore, RetryPolicy, make_client
 from toolkit.ops.restore import parse_as_of, restore
 from toolkit.ops.snapshot import Source, snapshot
@@ -451,3 +459,189 @@ def test_a_verify_in_the_process_that_wrote_the_snapshot_sees_its_packs(s3_repo:
             assert report.ok, report.to_json()
     finally:
         repo.close()
+
+
+# -- reader announcements refresh themselves ----------------------------------------------------------------------
+
+FAST_RETRY = RetryPolicy(attempts=2, base_delay_s=0.01, max_delay_s=0.02)
+DEADLINE_S = 60.0  # waits for a condition, polled; only a broken heartbeat ever takes this long
+
+
+def proxied(access: S3Access, proxy: FaultProxy) -> S3Access:
+    """The same repository and cache, reached through ``proxy``."""
+    store = ObjectStore(make_client(endpoint_url=proxy.url), access.remote.store.bucket, "dc1", retry=FAST_RETRY)
+    return S3Access(S3Remote(store), access.root)
+
+
+def reader_announcements(access: S3Access) -> dict[str, dict]:
+    """The reader announcements in the bucket (read directly, not through a proxy), by name."""
+    out = {}
+    for name in access.remote.list_locks():
+        data = access.remote.read_lock(name)
+        if name.startswith("reader-") and data is not None:
+            out[name] = json.loads(data)
+    return out
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.02)
+
+
+def is_pack_get(request: ProxiedRequest) -> bool:
+    return request.method == "GET" and "/packs/" in request.target
+
+
+def is_reader_put(request: ProxiedRequest) -> bool:
+    return request.method == "PUT" and "/locks/reader-" in request.target
+
+
+class ReaderThread(threading.Thread):
+    """``verify --read-data`` through the Python API, from opening the repository to closing it."""
+
+    def __init__(self, access: S3Access) -> None:
+        super().__init__(name="reader", daemon=True)
+        self.access = access
+        self.report: VerifyReport | None = None
+
+    def run(self) -> None:
+        repo = open_repository(self.access, command="verify")
+        try:
+            self.report = verify(repo, read_data=True, open_pack=repo.pack_opener())
+        finally:
+            repo.close()
+
+
+@pytest.fixture
+def proxy(s3_server: MotoS3Server, s3_env: dict[str, str]) -> Iterator[FaultProxy]:
+    with FaultProxy(s3_server.url) as p:
+        yield p
+
+
+def test_a_long_running_reader_keeps_its_announcement_fresh_and_removes_it_when_done(
+    s3_repo: S3Access, datastore: Path, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verify held up at its first pack download refreshes its announcement until it ends."""
+    take_snapshot(s3_repo, datastore)
+    monkeypatch.setattr("catalog.remote.READER_HEARTBEAT_S", 0.05)
+    downloading, proceed = threading.Event(), threading.Event()
+
+    def decide(request: ProxiedRequest) -> str:
+        if is_pack_get(request):
+            downloading.set()
+            proceed.wait(DEADLINE_S)
+        return "pass"
+
+    proxy.decide = decide
+    reader = ReaderThread(proxied(s3_repo, proxy))
+    reader.start()
+    try:
+        assert downloading.wait(DEADLINE_S), "the verify never downloaded a pack"
+        (name, first), *others = reader_announcements(s3_repo).items()
+        assert not others
+        assert (first["host"], first["pid"], first["command"]) == (socket.gethostname(), os.getpid(), "verify")
+        assert first["refreshed"] >= first["since"]
+        seen = {first["refreshed"]}
+        while len(seen) < 3:  # two refreshes while the verify waits for its pack
+            wait_for(lambda: reader_announcements(s3_repo)[name]["refreshed"] not in seen, "a refresh")
+            current = reader_announcements(s3_repo)[name]
+            assert current["refreshed"] > max(seen) and current["since"] == first["since"]
+            seen.add(current["refreshed"])
+    finally:
+        proceed.set()
+        reader.join(DEADLINE_S)
+    assert reader.report is not None and reader.report.ok, reader.report
+    assert not reader_announcements(s3_repo), "withdrawn when the reader closed the repository"
+    assert f"heartbeat-{name}" not in {t.name for t in threading.enumerate()}, "the heartbeat thread ended"
+
+
+def test_a_refresh_the_store_refuses_is_a_warning_and_the_reader_still_succeeds(
+    s3_repo: S3Access,
+    datastore: Path,
+    proxy: FaultProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    take_snapshot(s3_repo, datastore)
+    monkeypatch.setattr("catalog.remote.READER_HEARTBEAT_S", 0.05)
+    refused = threading.Event()
+    reader_puts: list[ProxiedRequest] = []
+
+    def decide(request: ProxiedRequest) -> str:
+        if is_reader_put(request):
+            reader_puts.append(request)
+            return "pass" if len(reader_puts) == 1 else "503"  # the announcement lands, every refresh fails
+        if is_pack_get(request):
+            refused.wait(DEADLINE_S)
+        return "pass"
+
+    proxy.decide = decide
+    caplog.set_level(logging.WARNING, logger="catalog.remote")
+    reader = ReaderThread(proxied(s3_repo, proxy))
+    reader.start()
+    try:
+        wait_for(lambda: "could not refresh the reader announcement" in caplog.text, "a failed refresh")
+    finally:
+        refused.set()
+        reader.join(DEADLINE_S)
+    assert not reader.is_alive()
+    assert reader.report is not None and reader.report.ok, reader.report
+    assert "SlowDown" in caplog.text or "503" in caplog.text
+    assert not reader_announcements(s3_repo), "a failing refresh does not keep the announcement from being withdrawn"
+
+
+def test_an_announcement_a_refresh_puts_back_after_the_withdrawal_is_removed_again(
+    s3_repo: S3Access, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh still in flight when the reader withdraws (and gives up waiting) removes what it wrote."""
+    monkeypatch.setattr("catalog.remote.READER_HEARTBEAT_S", 0.05)
+    monkeypatch.setattr("catalog.remote.READER_WITHDRAW_WAIT_S", 0.1)
+    held, release = threading.Event(), threading.Event()
+    reader_puts: list[ProxiedRequest] = []
+
+    def decide(request: ProxiedRequest) -> str:
+        if is_reader_put(request):
+            reader_puts.append(request)
+            if len(reader_puts) == 2:  # the first refresh: hold it until the reader has withdrawn
+                held.set()
+                release.wait(DEADLINE_S)
+        return "pass"
+
+    proxy.decide = decide
+    access = proxied(s3_repo, proxy)
+    announcement = announce_reader(access.remote, "restore")
+    assert announcement is not None
+    try:
+        assert held.wait(DEADLINE_S)
+        withdraw_reader(access.remote, announcement)  # waits 0.1 s for the refresh, then removes the object
+        assert not reader_announcements(s3_repo)
+    finally:
+        release.set()
+    wait_for(lambda: not any(t.name == f"heartbeat-{announcement.name}" for t in threading.enumerate()), "the thread")
+    assert len(reader_puts) == 2, "no refresh after the withdrawal"
+    assert not reader_announcements(s3_repo), "the refresh that landed late was removed"
+
+
+def test_remote_readers_judge_age_by_the_last_refresh_and_old_announcements_by_since(remote: S3Remote) -> None:
+    now = datetime.now(UTC)
+
+    def announcement(since: timedelta, refreshed: timedelta | None, pid: int) -> bytes:
+        info = {"owner": "x", "pid": pid, "host": "restore-host", "command": "restore", "token": ""}
+        info["since"] = (now - since).isoformat()
+        if refreshed is not None:
+            info["refreshed"] = (now - refreshed).isoformat()
+        return json.dumps(info).encode()
+
+    limit = timedelta(seconds=READER_STALE_S)
+    assert limit >= timedelta(minutes=45), "above the 2 x 15 minutes two hosts' clocks may differ"
+    remote.put_lock("reader-fresh", announcement(timedelta(days=2), timedelta(minutes=3), 1))
+    remote.put_lock("reader-dead", announcement(timedelta(days=2), limit + timedelta(minutes=1), 2))
+    remote.put_lock("reader-old-format-young", announcement(limit - timedelta(minutes=1), None, 3))
+    remote.put_lock("reader-old-format-dead", announcement(limit + timedelta(minutes=1), None, 4))
+    remote.put_lock(
+        "reader-no-time", json.dumps({"owner": "x", "pid": 5, "host": "h", "command": "c", "since": "t"}).encode()
+    )
+    assert sorted(r.pid for r in remote_readers(remote, now=now)) == [1, 3, 5]
+    assert sorted(remote.list_locks()) == ["reader-fresh", "reader-no-time", "reader-old-format-young"]
