@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--volumes", type=int, default=4)
     ap.add_argument("--size-mib", type=int, default=512)
     ap.add_argument("--sizes", default="64K,128K,256K,512K,1M,2M,4M")
-    ap.add_argument("--levels", default="1,3,6")
+    ap.add_argument("--levels", default="1,2,3,6")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--no-restore", dest="restore", action="store_false", help="skip the restore measurement")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "bench-chunks"))

@@ -34,7 +34,7 @@ from catalog.types import CODEC_RAW, CODEC_ZSTD, TYPE_DATA, ChunkId, ChunkLocati
 if TYPE_CHECKING:
     from catalog.crypto import RepoKeys
 
-DEFAULT_ZSTD_LEVEL: Final = 3  # chosen by benchmarks/chunk_size.py: best size per CPU second on AppStack data
+DEFAULT_ZSTD_LEVEL: Final = 2  # chosen by benchmarks/chunk_size.py (docs/benchmarks.md): 18 % less CPU than 3
 PROBE_BYTES: Final = 32 << 10  # compress this much first; skip chunks that will not shrink
 PROBE_MIN_SAVING: Final = 0.03  # a probe that saves less than 3 % means "store raw"
 DEFAULT_PACK_TARGET_BYTES: Final = 32 << 20  # tens of MiB: few files, cheap fsyncs, small loss on damage
