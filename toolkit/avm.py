@@ -461,6 +461,11 @@ class AvmClient:
             if any(_same_package_assignment(row, target, a) for row in existing):
                 out.append(AssignmentOutcome(a.who, "present", (note + "already assigned").strip("; ")))
                 continue
+            elsewhere = next((row for row in existing if _shares_entity(row, a)), None)
+            if elsewhere is not None:  # the manager refuses a second assignment within the application
+                detail = _assigned_elsewhere(elsewhere, marker, volume)
+                out.append(AssignmentOutcome(a.who, "present", (note + detail).strip("; ")))
+                continue
             item = {
                 "app_product_id": product_id,
                 "entities": [{"path": dn, "entity_type": t} for t, dn in a.entities],
@@ -657,6 +662,29 @@ def _same_package_assignment(row: dict[str, Any], target: dict[str, Any], a: Avm
     if target["app_marker_id"] is not None:
         return bool(row.get("app_marker_id") == target["app_marker_id"])
     return bool(row.get("app_package_id") == target["app_package_id"] and not row.get("app_marker_id"))
+
+
+def _shares_entity(row: dict[str, Any], a: AvmAssignment) -> bool:
+    entities = {str(e.get("distinguished_name", "")).lower() for e in row.get("entities") or [] if isinstance(e, dict)}
+    return any(dn.lower() in entities for _, dn in a.entities)
+
+
+def _assigned_elsewhere(row: dict[str, Any], marker: tuple[int, int] | None, volume: AvmVolume) -> str:
+    """Where an entity is given the application now (4.x allows one assignment per entity and application)."""
+    if row.get("app_marker_id"):
+        package_id = marker[1] if marker is not None and marker[0] == row["app_marker_id"] else None
+        where = f"through the CURRENT marker, which points at package id {package_id or '?'}"
+        if package_id == volume.id:
+            return f"already assigned in the application, {where} (this package)"
+        source = f"<package id {package_id or '?'}>"
+    else:
+        name = str(row.get("app_package_name") or "")
+        where = f"pinned to package {name!r} (id {row.get('app_package_id')})" if name else "pinned to another package"
+        source = repr(name) if name else f"<package id {row.get('app_package_id')}>"
+    return (
+        f"already assigned in the application, {where}, and the manager takes one assignment per entity and "
+        f"application; to move it here: toolkit switch --from {source} --to {volume.name!r}"
+    )
 
 
 def _body(r: requests.Response) -> dict[str, Any]:

@@ -1453,13 +1453,15 @@ def switch_cmd(c: Ctx, source: str, target: str, site: str | None, dry_run: bool
 
     It works through the site's App Volumes Manager. 2.x: each entity
     assigned to the FROM AppStack is assigned to the TO AppStack, then unassigned from
-    FROM. 4.x: each assignment pinned to the FROM package is pinned to the
-    TO package, the application's CURRENT marker moves to TO when it points
-    at FROM (assignments through the marker follow it), then what is still
-    pinned to FROM is removed. Both must be AppStacks, or packages of one
-    application. Nothing is taken from FROM unless every assignment was
-    given to TO first, so no desktop is left with neither; the output says
-    what moved and what did not, and the command exits 1 if anything failed.
+    FROM; nothing is taken from FROM unless every assignment was given to TO
+    first. 4.x: the manager takes one assignment per entity and application
+    and has no update, so each assignment pinned to the FROM package is
+    deleted, then created pinned to the TO package, and put back on FROM at
+    once if the manager refuses it; then the application's CURRENT marker
+    moves to TO when it points at FROM (assignments through the marker
+    follow it). Both must be AppStacks, or packages of one application. The
+    output says what moved and what did not, and the command exits 1 if
+    anything failed.
     Desktops that have FROM attached get TO at their next logon.
 
     \b
@@ -1496,7 +1498,7 @@ def switch_text(r: dict[str, Any]) -> str:
     if r["dry_run"]:
         lines.append("dry run: nothing was changed")
     elif not r["ok"]:
-        lines.append("not finished: what failed is listed above; FROM keeps what was not given to TO")
+        lines.append("not finished: what failed is listed above; FROM keeps (or has back) what was not given to TO")
     return "\n".join(lines)
 
 

@@ -424,10 +424,20 @@ def test_4x_responses_follow_the_2512_document(
     call("GET", "/app_volumes/app_packages/9999/programs", 404)
     entity = {"path": "CN=Designers,OU=Groups,DC=lab,DC=example", "entity_type": "Group"}
     by_marker = {"app_product_id": product_id, "entities": [entity], "app_package_id": None, "app_marker_id": 1}
-    by_package = {**by_marker, "app_package_id": pkg.id, "app_marker_id": None, "filters": [{"value": "VDI"}]}
+    jdoe = {"path": "CN=jdoe,OU=Users,DC=lab,DC=example", "entity_type": "User"}
+    by_package = {
+        **by_marker,
+        "entities": [jdoe],
+        "app_package_id": pkg.id,
+        "app_marker_id": None,
+        "filters": [{"value": "VDI"}],
+    }
     created = call("POST", "/app_volumes/app_assignments", 200, json={"data": [by_marker, by_package]})["data"]
     call("POST", "/app_volumes/app_assignments", 400, json={"data": [{**by_marker, "app_product_id": 9999}]})
-    call("POST", "/app_volumes/app_assignments", 400, json={"data": [by_package]})  # a duplicate
+    duplicate = "Unable to create duplicate assignment with entity LAB\\jdoe to the same application"
+    for again in (by_package, {**by_marker, "entities": [jdoe]}):  # the same target, or another of the application
+        refusal = call("POST", "/app_volumes/app_assignments", 400, json={"data": [again]})
+        assert refusal["errors"][0]["title"] == duplicate
     sim.admin_refuse_assignments("CN=asmith,OU=Users,DC=lab,DC=example")
     refused = {**by_package, "entities": [{"path": "CN=asmith,OU=Users,DC=lab,DC=example", "entity_type": "User"}]}
     call("POST", "/app_volumes/app_assignments", 400, json={"data": [refused]})

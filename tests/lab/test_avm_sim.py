@@ -630,16 +630,21 @@ def test_4x_a_duplicate_assignment_is_refused(avm4: AvmSimulator, avm_login: Cal
     assert r.status_code == 400
     duplicate = "Unable to create duplicate assignment with entity LAB\\jdoe to the same application"
     assert r.json()["errors"][0]["title"] == duplicate
-    # The same entity with another target of the application is not a duplicate.
+    # An entity has an application once: pinned to another of its packages, or through its marker, is a duplicate too
+    # (the 2512 document's example), so moving it between packages takes a delete, then a create.
+    for again in ({**pinned, "app_package_id": second.id}, marker):
+        r = s.post(url, json={"data": [again]})
+        assert (r.status_code, r.json()["errors"][0]["title"]) == (400, duplicate)
+    [row] = s.get(url).json()["data"]
+    assert s.delete(url, json={"ids": [row["id"]]}).json()["data"]["deleted"] == [{"id": str(row["id"])}]
     assert s.post(url, json={"data": [{**pinned, "app_package_id": second.id}]}).status_code == 200
-    assert s.post(url, json={"data": [marker]}).status_code == 200
-    r = s.post(url, json={"data": [marker]})
-    assert (r.status_code, r.json()["errors"][0]["title"]) == (400, duplicate)
-    # A batch with a duplicate in it creates nothing.
+    # A batch with a duplicate in it creates nothing, nor does one giving an entity the application twice.
     designers = {"path": "CN=Designers,OU=Groups,DC=lab,DC=example", "entity_type": "Group"}
     r = s.post(url, json={"data": [{**pinned, "entities": [designers]}, pinned]})
     assert r.status_code == 400
-    assert len(s.get(url).json()["data"]) == 3
+    r = s.post(url, json={"data": [{**marker, "entities": [designers]}, {**pinned, "entities": [designers]}]})
+    assert (r.status_code, r.json()["errors"][0]["title"]) == (400, duplicate.replace("jdoe", "Designers"))
+    assert [a["app_package_id"] for a in s.get(url).json()["data"]] == [second.id]
 
 
 @pytest.mark.lab
@@ -651,7 +656,8 @@ def test_4x_deleting_the_current_package_clears_the_marker_and_its_assignments(
     s = avm_login(avm4)
     url = f"{avm4.url}/app_volumes/app_assignments"
     by_marker = {"app_product_id": current.product_id, "entities": [JDOE], "app_package_id": None}
-    on_older = {"app_product_id": current.product_id, "entities": [JDOE], "app_package_id": older.id}
+    designers = {"path": "CN=Designers,OU=Groups,DC=lab,DC=example", "entity_type": "Group"}
+    on_older = {"app_product_id": current.product_id, "entities": [designers], "app_package_id": older.id}
     assert s.post(url, json={"data": [by_marker, on_older]}).status_code == 200
     r = s.post(f"{avm4.url}/cv_api/volumes/delete", data={"volumes[]": [str(current.id)]})
     assert r.json()["snapvols"]["success"]
@@ -696,6 +702,14 @@ def test_an_entity_can_be_made_to_fail_its_assignments(
         assert s.get(f"{sim.url}/app_volumes/app_assignments").json()["data"] == []
     requests.post(f"{sim.url}/_sim/entities/refuse", json={"path": JDOE["path"], "refuse": False}, timeout=10)
     assert s.post(url, json=body).status_code == 200
+    if flavour == "4.x":  # refused pinned to one package only: the entity's other assignments are saved
+        other = sim.admin_create_volume(kind, "Editor 2", product="Editor", current=False)
+        [row] = s.get(url).json()["data"]
+        assert s.delete(url, json={"ids": [row["id"]]}).status_code == 200
+        sim.admin_refuse_assignments(JDOE["path"], package_id=other.id)
+        r = s.post(url, json={"data": [{**item, "app_package_id": other.id}]})
+        assert (r.status_code, r.json()["errors"][0]["title"]) == (400, "Unable to save assignment")
+        assert s.post(url, json=body).status_code == 200
 
 
 # --- storage-group replication ------------------------------------------------------------------

@@ -73,6 +73,14 @@ def restore_beside(sim: AvmSimulator, cfg: Path, *, assignments: bool = True) ->
     )  # fmt: skip
     assert rc == 0, (err, report)
     assert [v["status"] for v in report["volumes"]] == ["registered"]
+    if assignments:
+        given = {a["who"]: a for a in report["volumes"][0]["assignments"]}
+        if sim.flavour == "2.x":  # an entity may have both AppStacks
+            assert {a["status"] for a in given.values()} == {"created"}
+        else:  # one assignment per entity and application: the pinned user stays on the damaged one until the switch
+            assert (given["LAB\\jdoe"]["status"], given["LAB\\Designers"]["status"]) == ("present", "present")
+            assert f"pinned to package {OFFICE!r}" in given["LAB\\jdoe"]["detail"]
+            assert f"toolkit switch --from {OFFICE!r} --to {RESTORED!r}" in given["LAB\\jdoe"]["detail"]
     return volume(sim, RESTORED)
 
 
@@ -156,22 +164,25 @@ def test_a_refused_assignment_leaves_the_damaged_volume_assigned(site) -> None:
     office = volume(sim, OFFICE)
     before = assignments_of(sim, s, office.id)
     restored = restore_beside(sim, cfg, assignments=False)
-    # The manager fails to save the user's assignment (2.x: the group's is saved; 4.x: the user is the pinned one).
-    sim.admin_refuse_assignments(JDOE["path"])
+    # The manager fails to save the user's assignment (2.x: the group's is saved; 4.x: the user is the pinned one,
+    # refused on the restored package only, so the switch deletes it from FROM, is refused on TO and puts it back).
+    pinned_to = {"package_id": restored.id} if sim.flavour == "4.x" else {}
+    sim.admin_refuse_assignments(JDOE["path"], **pinned_to)
 
     rc, report, err = cli(cfg, "switch", "--from", OFFICE, "--to", RESTORED)
     assert rc == 1, (err, report)
     assert not report["ok"]
     by_who = {a["who"]: a for a in report["assignments"]}
     assert by_who["LAB\\jdoe"]["status"] == "failed"
-    assert by_who["LAB\\jdoe"]["from"] == "kept"
+    assert by_who["LAB\\jdoe"]["from"] == ("kept" if sim.flavour == "2.x" else "put back")
     assert "Unable to save assignment" in by_who["LAB\\jdoe"]["detail"]
-    assert assignments_of(sim, s, office.id) == before  # the damaged one keeps every assignment
+    assert assignments_of(sim, s, office.id) == before  # the damaged one keeps (or has back) every assignment
     if sim.flavour == "2.x":
         designers = by_who["LAB\\Designers"]
         assert (designers["to"], designers["from"], designers["status"]) == ("created", "kept", "not switched")
         assert {d[2] for d in assignments_of(sim, s, restored.id)} == {DESIGNERS["path"]}
     else:
+        assert "put back on FROM" in by_who["LAB\\jdoe"]["detail"]
         assert by_who["LAB\\Designers"]["status"] == "not switched"
         assert report["marker"]["status"] == "not moved"
         assert current_package(sim, s, office.product_id) == office.id
@@ -179,13 +190,36 @@ def test_a_refused_assignment_leaves_the_damaged_volume_assigned(site) -> None:
     text = run_toolkit("--config", str(cfg), "switch", "--from", OFFICE, "--to", RESTORED,
                        env={"TEST_AVM_PASSWORD": "admin"})  # fmt: skip
     assert text.returncode == 1 and "not finished" in text.stdout
+    assert assignments_of(sim, s, office.id) == before
 
     # Once the manager takes it, a second run finishes the switch.
-    sim.admin_refuse_assignments(JDOE["path"], refuse=False)
+    sim.admin_refuse_assignments(JDOE["path"], refuse=False, **pinned_to)
     rc, report, err = cli(cfg, "switch", "--from", OFFICE, "--to", RESTORED)
     assert rc == 0, (err, report)
     assert assignments_of(sim, s, office.id) == set()
     assert assignments_of(sim, s, restored.id) == before
+
+
+@pytest.mark.parametrize("site", ["4.x"], indirect=True)  # 2.x gives TO before it takes FROM: nothing is put back
+def test_4x_a_refused_put_back_is_said_loudly(site) -> None:
+    """The manager refuses the user's assignment on TO and again on FROM: it has neither, and the switch says so."""
+    sim, cfg, s = site
+    office = volume(sim, OFFICE)
+    before = assignments_of(sim, s, office.id)
+    restored = restore_beside(sim, cfg, assignments=False)
+    sim.admin_refuse_assignments(JDOE["path"])
+
+    text = run_toolkit("--config", str(cfg), "switch", "--from", OFFICE, "--to", RESTORED,
+                       env={"TEST_AVM_PASSWORD": "admin"})  # fmt: skip
+    assert text.returncode == 1
+    assert "NOT ASSIGNED" in text.stdout and "ASSIGN BY HAND: LAB\\jdoe now has neither" in text.stdout
+    assert {a[2] for a in assignments_of(sim, s, office.id)} == {DESIGNERS["path"]}  # through the marker, not moved
+    assert assignments_of(sim, s, restored.id) == set()
+    assert current_package(sim, s, office.product_id) == office.id
+    rc, report, _ = cli(cfg, "switch", "--from", OFFICE, "--to", RESTORED)
+    assert rc == 0 and report["marker"]["status"] == "moved"  # nothing pinned to FROM is left to move
+    sim.admin_refuse_assignments(JDOE["path"], refuse=False)
+    assert before - assignments_of(sim, s, restored.id) == {a for a in before if a[0] == "package"}
 
 
 def refused(cfg: Path, *args: str) -> tuple[str, str]:

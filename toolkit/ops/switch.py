@@ -1,18 +1,21 @@
 """Move desktops from a damaged AppStack or package to its restored twin, through App Volumes Manager.
 
 The twin is typically restored beside the damaged volume (``restore --rename … --register
---restore-assignments``), so it already has the damaged one's assignments; the switch makes sure
-of that, then takes the damaged one away:
+--restore-assignments``), so on 2.x it already has the damaged one's assignments; the switch makes
+sure of that, then takes the damaged one away:
 
 - 2.x: each entity assigned to the FROM AppStack is assigned to the TO AppStack (unless it is
   already), then unassigned from FROM (``POST /cv_api/assignments``, action_type assign/unassign).
-- 4.x: each assignment pinned to the FROM package is pinned to the TO package (unless it is
-  already), the application's CURRENT marker moves to TO when it points at FROM, then what is
-  still pinned to FROM is deleted (``DELETE /app_volumes/app_assignments``). Assignments made
-  through the marker stay as they are: they follow the marker.
-
-Nothing is taken from FROM unless every one of its assignments was given to TO first, so no
-desktop is ever left with neither volume.
+  Nothing is taken from FROM unless every one of its assignments was given to TO first, so no
+  desktop is ever left with neither volume.
+- 4.x: the manager gives an entity an application once (a second assignment within it is refused
+  as a duplicate) and has no update for assignments, so each assignment pinned to the FROM package
+  is deleted (``DELETE /app_volumes/app_assignments``), then created again pinned to the TO package
+  with the same entities, filters and delivery. An entity is without the application at most for
+  the two calls between the delete and the create; if the manager refuses the create, the
+  assignment is put back on FROM at once. The application's CURRENT marker then moves to TO when
+  it points at FROM, unless a pinned assignment failed. Assignments made through the marker stay
+  as they are: they follow the marker.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 
 SWITCHABLE: Final = ("appstack", "package")  # writables belong to one user each and have no assignments
 DONE: Final = frozenset({"moved", "kept", "would move", "would keep"})  # an assignment's statuses that are not problems
+NO_PATH: Final = "the manager lists it without the entity's directory path; assign it to TO by hand"
 GIVEN: Final = frozenset({"created", "present"})  # what restore_assignments reports for an assignment TO has now
 
 
@@ -83,7 +87,7 @@ class Move:
     who: str
     via: str  # appstack (2.x) | package: pinned to it (4.x) | marker: through the CURRENT marker (4.x)
     to: str  # on TO: created | present | failed | would create | marker
-    source: str  # on FROM: removed | kept | failed | would remove
+    source: str  # on FROM: removed | kept | put back (4.x: re-created after TO refused it) | failed | would remove
     status: str  # moved | kept | failed | not switched | would move | would keep | would fail
     detail: str = ""
 
@@ -198,7 +202,6 @@ def switch(manager: Manager, site: str, from_name: str, to_name: str, *, dry_run
     give = [(r, a) for r, a in pairs if a.via != "marker"]  # 2.x: all; 4.x: those pinned to FROM
     through_marker = [a for _, a in pairs if a.via == "marker"]
     marker = manager.current_marker(_product_id(source)) if source.kind == "package" else None
-    marker_on_source = marker is not None and marker[1] == source.id
     report.notes += _notes(source, target)
 
     if dry_run:
@@ -209,7 +212,10 @@ def switch(manager: Manager, site: str, from_name: str, to_name: str, *, dry_run
             report.marker = _marker_plan(marker, source, target)
         return report
 
-    # 1. give TO every assignment FROM has (those already there are left alone)
+    if source.kind == "package":
+        return _switch_packages(manager, report, give, through_marker, marker)
+
+    # 2.x: 1. give TO every assignment FROM has (those already there are left alone)
     outcomes: list[AssignmentOutcome] = []
     if give:
         try:
@@ -224,18 +230,41 @@ def switch(manager: Manager, site: str, from_name: str, to_name: str, *, dry_run
                 report.moves.append(Move(a.who, _via(a), o.status, "kept", "not switched", why))
             else:
                 report.moves.append(Move(a.who, _via(a), "failed", "kept", "failed", o.detail))
-        for a in through_marker:
-            report.moves.append(Move(a.who, "marker", "marker", "kept", "not switched", why))
+        return report
+    # 2. then take it from FROM
+    if give:
+        report.moves[:0] = _take_away(manager, source, give, outcomes)
+    return report
+
+
+def _switch_packages(
+    manager: Manager,
+    report: SwitchReport,
+    give: list[tuple[dict[str, Any], AvmAssignment]],
+    through_marker: list[AvmAssignment],
+    marker: tuple[int, int] | None,
+) -> SwitchReport:
+    """4.x: move each pinned assignment (delete, then create on TO; put back on FROM if refused), then the marker."""
+    source, target = report.source, report.target
+    report.moves = [_move_pinned(manager, source, target, row, a) for row, a in give]
+    lost = [m.who for m in report.moves if m.source == "failed" and m.to == "failed"]
+    if lost:
+        report.notes.append(
+            f"ASSIGN BY HAND: {', '.join(lost)} now {'has' if len(lost) == 1 else 'have'} neither {source.name!r} "
+            f"nor {target.name!r}; the manager refused to put {'it' if len(lost) == 1 else 'them'} back on FROM"
+        )
+    failed = [m for m in report.moves if m.status not in DONE]
+    if failed:
+        why = f"FROM kept: {len(failed)} pinned assignment(s) could not be moved to TO"
+        report.moves += [Move(a.who, "marker", "marker", "kept", "not switched", why) for a in through_marker]
         if marker is not None:
             report.marker = (
                 MarkerMove("not moved", marker[1], f"still points at FROM (package id {marker[1]}): {why}")
-                if marker_on_source
+                if marker[1] == source.id
                 else _marker_plan(marker, source, target)
             )
         return report
-
-    # 2. the CURRENT marker, then what is still assigned to FROM
-    if marker is not None and marker_on_source:
+    if marker is not None and marker[1] == source.id:
         try:
             manager.set_current_marker(_product_id(source), target.id)
             detail = f"moved from FROM (package id {source.id}) to TO (package id {target.id})"
@@ -246,9 +275,45 @@ def switch(manager: Manager, site: str, from_name: str, to_name: str, *, dry_run
         report.marker = _marker_plan(marker, source, target)
     status = "kept" if report.marker is None or report.marker.ok else "not switched"
     report.moves += [_marker_kept(a, status, marker, source, target, report.marker) for a in through_marker]
-    if give:
-        report.moves[:0] = _take_away(manager, source, give, outcomes)
     return report
+
+
+def _move_pinned(manager: Manager, source: AvmVolume, target: AvmVolume, row: dict[str, Any], a: AvmAssignment) -> Move:
+    """4.x: delete one assignment pinned to FROM, create it pinned to TO, and put it back on FROM if that fails."""
+    if not a.entities:
+        return Move(a.who, "package", "failed", "kept", "failed", NO_PATH)
+    ident = str(row.get("id", ""))
+    if not ident.isdigit():
+        return Move(a.who, "package", "failed", "kept", "failed", "the manager lists it without an id")
+    try:
+        deleted, _kept = manager.delete_assignments([int(ident)])
+        problem = "" if int(ident) in deleted else "the manager did not delete it"
+    except Error as exc:
+        problem = str(exc)
+    if problem:
+        return Move(
+            a.who, "package", "failed", "kept", "failed", f"not removed from FROM, so not given to TO: {problem}"
+        )
+    recorded = {"id": source.id, "assignments": [row]}
+    given = _give(manager, target, recorded, a)
+    if given.status in GIVEN:
+        return Move(a.who, "package", given.status, "removed", "moved", given.detail)
+    back = _give(manager, source, recorded, a)
+    if back.status in GIVEN:
+        return Move(a.who, "package", "failed", "put back", "failed", f"{given.detail}; put back on FROM")
+    detail = (
+        f"NOT ASSIGNED: removed from FROM, then {given.detail}; putting it back on FROM failed too: {back.detail}; "
+        "assign it in the manager"
+    )
+    return Move(a.who, "package", "failed", "failed", "failed", detail)
+
+
+def _give(manager: Manager, volume: AvmVolume, recorded: dict[str, Any], a: AvmAssignment) -> AssignmentOutcome:
+    try:
+        [outcome] = manager.restore_assignments(volume, recorded)
+    except Error as exc:
+        return AssignmentOutcome(a.who, "failed", f"the manager failed: {exc}")
+    return outcome
 
 
 def _via(a: AvmAssignment) -> str:
@@ -257,10 +322,12 @@ def _via(a: AvmAssignment) -> str:
 
 def _planned(a: AvmAssignment, target_rows: Sequence[dict[str, Any]], target: AvmVolume) -> Move:
     if not a.entities:
-        detail = "the manager lists it without the entity's directory path; assign it to TO by hand"
-        return Move(a.who, _via(a), "failed", "kept", "would fail", detail)
+        return Move(a.who, _via(a), "failed", "kept", "would fail", NO_PATH)
     if is_assigned(target_rows, a, target):
         return Move(a.who, _via(a), "present", "would remove", "would move", "already assigned to TO")
+    if target.kind == "package":
+        detail = "would be deleted from FROM, then created on TO (put back on FROM if the manager refuses it)"
+        return Move(a.who, _via(a), "would create", "would remove", "would move", detail)
     return Move(a.who, _via(a), "would create", "would remove", "would move")
 
 
@@ -298,35 +365,23 @@ def _take_away(
     give: list[tuple[dict[str, Any], AvmAssignment]],
     outcomes: list[AssignmentOutcome],
 ) -> list[Move]:
-    """Remove from FROM the assignments TO now has: 2.x unassign each entity; 4.x delete the pinned rows."""
+    """2.x: unassign from FROM each entity TO now has."""
     moves: list[Move] = []
-    if source.kind == "appstack":
-        problems: list[str] = []
-        for _, a in give:
-            try:
-                problems.append(manager.unassign_appstack(source, a.entities))
-            except Error as exc:
-                problems.append(str(exc))
+    problems: list[str] = []
+    for _, a in give:
         try:
-            left = manager.assignments(source)
-        except Error as exc:  # what the manager holds now is unknown: none is reported removed
-            left, unknown = (), f"could not list FROM's assignments again: {exc}"
-        else:
-            unknown = ""
-        for (_, a), o, problem in zip(give, outcomes, problems, strict=True):
-            still = "the manager still lists it on FROM" if is_assigned(left, a, source) else ""
-            moves.append(_taken(a, o, problem or unknown or still))
-        return moves
-    ids = [int(r["id"]) for r, _ in give if str(r.get("id", "")).isdigit()]
+            problems.append(manager.unassign_appstack(source, a.entities))
+        except Error as exc:
+            problems.append(str(exc))
     try:
-        deleted, _kept = manager.delete_assignments(ids) if ids else (set(), set())
-        failure = "the manager did not delete it"
-    except Error as exc:
-        deleted, failure = set(), str(exc)
-    for (row, a), o in zip(give, outcomes, strict=True):
-        ident = str(row.get("id", ""))
-        problem = "" if ident.isdigit() and int(ident) in deleted else failure
-        moves.append(_taken(a, o, problem if ident.isdigit() else "the manager lists it without an id"))
+        left = manager.assignments(source)
+    except Error as exc:  # what the manager holds now is unknown: none is reported removed
+        left, unknown = (), f"could not list FROM's assignments again: {exc}"
+    else:
+        unknown = ""
+    for (_, a), o, problem in zip(give, outcomes, problems, strict=True):
+        still = "the manager still lists it on FROM" if is_assigned(left, a, source) else ""
+        moves.append(_taken(a, o, problem or unknown or still))
     return moves
 
 

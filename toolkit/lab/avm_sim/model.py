@@ -346,6 +346,7 @@ class SimState:
     sessions: dict[str, Session] = field(default_factory=dict)
     # Directory paths (lower case) whose assignments the manager fails to save (a test's injected fault).
     refused_entities: set[str] = field(default_factory=set)
+    refused_pins: set[tuple[str, int]] = field(default_factory=set)  # the same, pinned to one package only (4.x)
     lock: threading.RLock = field(default_factory=threading.RLock)
     _counters: dict[str, Iterator[int]] = field(default_factory=dict)
 

@@ -881,18 +881,24 @@ class AvmSimulator:
                 del self.state.attachments[key]
             return len(ended)
 
-    def admin_refuse_assignments(self, distinguished_name: str, *, refuse: bool = True) -> None:
+    def admin_refuse_assignments(
+        self, distinguished_name: str, *, refuse: bool = True, package_id: int | None = None
+    ) -> None:
         """Make the manager fail to save assignments of one directory entity (or stop doing so).
 
         2.x answers ``POST /cv_api/assignments`` with the documented 500 ("Unable to save
         assignment of …") and changes nothing; 4.x answers ``POST /app_volumes/app_assignments``
         with a 400 ("Unable to save assignment"). Unassigning and deleting are not affected.
+        With ``package_id`` (4.x), only assignments pinned to that package fail.
         """
+        dn = distinguished_name.lower()
         with self.state.lock:
-            if refuse:
-                self.state.refused_entities.add(distinguished_name.lower())
+            if package_id is None:
+                (self.state.refused_entities.add if refuse else self.state.refused_entities.discard)(dn)
+            elif refuse:
+                self.state.refused_pins.add((dn, package_id))
             else:
-                self.state.refused_entities.discard(distinguished_name.lower())
+                self.state.refused_pins.discard((dn, package_id))
 
     def admin_set_status(self, volume_id: int, status: str) -> VolumeInfo:
         if status not in VOLUME_STATUSES:

@@ -323,9 +323,10 @@ def _create_assignment(sim: AvmSimulator, item: dict[str, Any]) -> AppAssignment
     ]
     if not entities:
         return "No entities provided"
-    if any(e.distinguished_name.lower() in state.refused_entities for e in entities):
+    refused = state.refused_entities | {dn for dn, pinned in state.refused_pins if pinned == package_id}
+    if any(e.distinguished_name.lower() in refused for e in entities):
         return "Unable to save assignment"  # the vendor's example of a save that failed (a test's injected fault)
-    duplicate = _duplicate_of(sim, product.id, package_id, marker_id, entities)
+    duplicate = _duplicate_of(sim, product.id, entities)
     if duplicate:
         return f"Unable to create duplicate assignment with entity {duplicate} to the same application"
     filters = [
@@ -346,22 +347,17 @@ def _create_assignment(sim: AvmSimulator, item: dict[str, Any]) -> AppAssignment
     return assignment
 
 
-def _duplicate_of(
-    sim: AvmSimulator, product_id: int, package_id: int | None, marker_id: int | None, entities: list[Entity]
-) -> str:
-    """DOMAIN\\account of an entity already assigned the same target (package, or marker) of the application.
+def _duplicate_of(sim: AvmSimulator, product_id: int, entities: list[Entity]) -> str:
+    """DOMAIN\\account of an entity that already has an assignment in the application, or ''.
 
-    The 2512 document lists "Unable to create duplicate assignment with entity … to the same
-    application" among the 400 answers and the reference notes say no more. The simulator refuses
-    the same entity with the same target only: an entity pinned to one package may also be pinned
-    to another package of the application, or get it through the CURRENT marker, which is what a
-    package restored beside a damaged one needs before desktops are switched to it.
+    The 2512 document's examples for ``POST /app_volumes/app_assignments`` list "Unable to create
+    duplicate assignment with entity SNAPVOLUMES\\test-user to the same application": an entity is
+    assigned an application once, through its CURRENT marker or pinned to one package. So any
+    second assignment within the application is refused, whatever its target; there is no update,
+    and moving an entity to another package takes a delete, then a create.
     """
-    wanted = {e.distinguished_name.lower(): e for e in entities}
+    wanted = {e.distinguished_name.lower() for e in entities}
     for a in sim.state.app_assignments_of_product(product_id):
-        same_target = a.marker_id == marker_id if marker_id is not None else a.package_id == package_id
-        if not same_target:
-            continue
         for e in a.entities:
             if e.distinguished_name.lower() in wanted:
                 return e.upn(sim.settings.domain)
