@@ -476,6 +476,19 @@ def test_4x_responses_follow_the_2512_document(
 # --- the toolkit's own client ------------------------------------------------------------------------
 
 
+def checked_client(sim: AvmSimulator, flavour: str) -> tuple[AvmClient, Contract]:
+    """An AvmClient whose every answer to a documented operation is validated against the flavour's document."""
+    contract = Contract.load(flavour)
+    client = AvmClient(sim.url, "admin", PASSWORD)
+
+    def check(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+        if contract.template_for(str(response.request.method), urlsplit(str(response.request.url)).path):
+            contract.check(response)
+
+    client.session.hooks["response"].append(check)
+    return client, contract
+
+
 @pytest.mark.parametrize("flavour", ["2.x", "4.x"])
 def test_the_clients_assignment_round_trip_gets_documented_answers(
     start_avm: Callable[..., AvmSimulator], flavour: str
@@ -486,14 +499,7 @@ def test_the_clients_assignment_round_trip_gets_documented_answers(
     and the client's own (listing, package assignments with include=entities, assignment creation).
     """
     sim = start_avm(flavour)
-    contract = Contract.load(flavour)
-    client = AvmClient(sim.url, "admin", PASSWORD)
-
-    def check(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
-        if contract.template_for(str(response.request.method), urlsplit(str(response.request.url)).path):
-            contract.check(response)
-
-    client.session.hooks["response"].append(check)
+    client, contract = checked_client(sim, flavour)
     client.login()  # the setup below posts with the client's session
     kind = "appstack" if flavour == "2.x" else "package"
     volume = sim.admin_create_volume(kind, "Editor 1", **({"product": "Editor"} if flavour == "4.x" else {}))
@@ -533,14 +539,7 @@ def test_the_clients_assignment_round_trip_gets_documented_answers(
 def test_the_switch_gets_documented_answers(start_avm: Callable[..., AvmSimulator], flavour: str) -> None:
     """toolkit switch's calls (assign, unassign or delete, the marker) all get answers the documents describe."""
     sim = start_avm(flavour)
-    contract = Contract.load(flavour)
-    client = AvmClient(sim.url, "admin", PASSWORD)
-
-    def check(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
-        if contract.template_for(str(response.request.method), urlsplit(str(response.request.url)).path):
-            contract.check(response)
-
-    client.session.hooks["response"].append(check)
+    client, contract = checked_client(sim, flavour)
     client.login()
     kind = "appstack" if flavour == "2.x" else "package"
     product = {"product": "Editor"} if flavour == "4.x" else {}

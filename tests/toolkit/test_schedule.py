@@ -139,16 +139,21 @@ def test_without_a_repository_the_configuration_names_it(tmp_path: Path) -> None
     assert "RequiresMountsFor" not in service["Unit"]
 
 
+def calendar(expression: str) -> str:
+    """What systemd-analyze says of the next 60 times a calendar expression fires (UTC, C locale)."""
+    return subprocess.run(
+        ["systemd-analyze", "calendar", "--iterations=60", expression],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TZ": "UTC", "LC_ALL": "C"},
+    ).stdout
+
+
 def test_calendars_weekly_and_monthly_verify_never_share_a_day() -> None:
     got = {}
     for job in JOBS:
-        out = subprocess.run(
-            ["systemd-analyze", "calendar", "--iterations=60", job.on_calendar],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "TZ": "UTC", "LC_ALL": "C"},
-        ).stdout
+        out = calendar(job.on_calendar)
         got[job.name] = {
             date.fromisoformat(w) for line in out.splitlines() for w in line.split() if len(w) == 10 and w[4] == "-"
         }
@@ -425,13 +430,7 @@ def _timespan_s(text: str) -> int:
 
 def test_prune_runs_on_saturdays_apart_from_the_snapshot_and_the_verifies() -> None:
     job = prune_job()
-    out = subprocess.run(
-        ["systemd-analyze", "calendar", "--iterations=60", job.on_calendar],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "TZ": "UTC", "LC_ALL": "C"},
-    ).stdout
+    out = calendar(job.on_calendar)
     runs = [w for line in out.splitlines() for w in line.split() if len(w) == 10 and w[4] == "-"]
     times = {w for line in out.splitlines() for w in line.split() if len(w) == 8 and w[2] == ":"}
     assert len(runs) == 60
