@@ -318,10 +318,11 @@ def test_a_lost_manifest_loses_the_whole_file(repo_path: Path) -> None:
 # -- crash safety ---------------------------------------------------------------------------------
 
 
-def test_interrupted_before_the_catalog_update_a_rerun_finishes(
-    repo_path: Path, site: tuple[Toolkit, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Killed after the new packs are durable: the damaged pack is still in use, nothing is lost yet."""
+def salvage_killed_at(repo_path: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> tuple[str, list[Any], Any]:
+    """Damage one record of Visio's pack, then run salvage and kill it as it reaches ``step`` (a salvage function).
+
+    Returns the pack id, its entries and the id of the damaged chunk.
+    """
     import catalog.salvage as mod
 
     pack_id, entries, cid = pack_of(repo_path, "Visio")
@@ -330,10 +331,18 @@ def test_interrupted_before_the_catalog_update_a_rerun_finishes(
     def killed(*_: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mod, "_write_note", killed)
+    monkeypatch.setattr(mod, step, killed)
     with pytest.raises(KeyboardInterrupt):
         run_salvage(repo_path)
     monkeypatch.undo()
+    return pack_id, entries, cid
+
+
+def test_interrupted_before_the_catalog_update_a_rerun_finishes(
+    repo_path: Path, site: tuple[Toolkit, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after the new packs are durable: the damaged pack is still in use, nothing is lost yet."""
+    pack_id, entries, cid = salvage_killed_at(repo_path, monkeypatch, "_write_note")
     with Opened(repo_path) as repo:
         assert pack_id in repo.index.pack_ids()
         for e in entries:  # what was recovered is already read from the new packs
@@ -351,18 +360,7 @@ def test_interrupted_before_the_move_no_writer_uses_the_pack_again(
     repo_path: Path, site: tuple[Toolkit, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Killed after the catalog dropped the pack but before it was moved: a snapshot must not index it again."""
-    import catalog.salvage as mod
-
-    pack_id, entries, cid = pack_of(repo_path, "Visio")
-    flip(pack_path(repo_path, pack_id), next(e for e in entries if e.chunk_id == cid).offset + 1)
-
-    def killed(*_: object) -> Path:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(mod, "_put_aside", killed)
-    with pytest.raises(KeyboardInterrupt):
-        run_salvage(repo_path)
-    monkeypatch.undo()
+    pack_id, _entries, cid = salvage_killed_at(repo_path, monkeypatch, "_put_aside")
     assert pack_path(repo_path, pack_id).exists()
     toolkit, root = site
     random_volume(root, "Other", 4, seed=9)
@@ -378,18 +376,7 @@ def test_interrupted_before_the_move_no_writer_uses_the_pack_again(
 def test_a_rebuild_after_an_interrupted_move_quarantines_the_pack(
     repo_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import catalog.salvage as mod
-
-    pack_id, entries, cid = pack_of(repo_path, "Visio")
-    flip(pack_path(repo_path, pack_id), next(e for e in entries if e.chunk_id == cid).offset + 1)
-
-    def killed(*_: object) -> Path:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(mod, "_put_aside", killed)
-    with pytest.raises(KeyboardInterrupt):
-        run_salvage(repo_path)
-    monkeypatch.undo()
+    pack_id, _entries, _cid = salvage_killed_at(repo_path, monkeypatch, "_put_aside")
     for p in repo_path.glob("catalog.db*"):
         p.unlink()
     result = rebuild_catalog(repo_path)

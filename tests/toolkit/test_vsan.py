@@ -378,12 +378,18 @@ def test_a_staging_datastore_vcenter_does_not_know_fails_the_volume(
     ],
 )
 def test_bad_vsan_settings_are_refused(tmp_path: Path, datastores: str, message: str) -> None:
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(
-        '[sites.s.vcenter]\nurl = "https://vc"\nuser = "u"\npassword_env = "P"\n'
+    refused(
+        tmp_path,
         '[sites.s.datastores.d]\ntransport = "local"\npath = "/d"\n'
-        '[sites.s.datastores.w]\ntransport = "http"\nvsan = true\n' + datastores
+        '[sites.s.datastores.w]\ntransport = "http"\nvsan = true\n' + datastores,
+        message,
     )
+
+
+def refused(tmp_path: Path, tables: str, message: str) -> None:
+    """A site with a vCenter and these tables is refused with ``message`` (exit 2)."""
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[sites.s.vcenter]\nurl = "https://vc"\nuser = "u"\npassword_env = "P"\n' + tables)
     with pytest.raises(ConfigError) as caught:
         load_config(cfg)
     assert message in str(caught.value)
@@ -794,15 +800,7 @@ def test_check_logs_into_the_copy_host(
     ],
 )
 def test_bad_copy_host_settings_are_refused(tmp_path: Path, extra: str, message: str) -> None:
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(
-        '[sites.s.vcenter]\nurl = "https://vc"\nuser = "u"\npassword_env = "P"\n'
-        '[sites.s.datastores.d]\ntransport = "http"\n' + extra
-    )
-    with pytest.raises(ConfigError) as caught:
-        load_config(cfg)
-    assert message in str(caught.value)
-    assert caught.value.exit_code == 2
+    refused(tmp_path, '[sites.s.datastores.d]\ntransport = "http"\n' + extra, message)
 
 
 def test_a_site_copy_host_serves_its_vsan_datastores_unless_one_names_its_own(tmp_path: Path) -> None:
