@@ -12,6 +12,7 @@ then: it writes what it is handed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -160,6 +161,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def forget_cached_pages(fd: int) -> None:
+    """Let the kernel drop a durable file's pages from the page cache (advice; ignored where unsupported).
+
+    A sealed pack is not read again soon (verify is weekly, a restore is rare), so keeping its pages
+    only pushes out other files; and once memory is full, each new page a snapshot writes would cost
+    a reclaim charged to it. Dropping the pages of each pack as it is sealed lets the next pack reuse
+    them. The pages are clean after fsync, so nothing is written twice.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 def _is_disk_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
@@ -279,20 +292,22 @@ class PackWriter:
 
     def _make_durable(self, fd: int, tmp: Path, pack_id: PackId, entries: list[PackEntry], size: int) -> None:
         try:
-            os.fsync(fd)
-        except OSError as exc:
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                if _is_disk_full(exc):
+                    raise StoreFull(path=str(tmp)) from exc
+                raise
+            final = pack_path(self.root, pack_id)
+            final.parent.mkdir(mode=0o700, exist_ok=True)
+            tmp.replace(final)
+            fsync_dir(final.parent)
+            if self.publish is not None:
+                self.publish(pack_id, final)
+            forget_cached_pages(fd)
+        finally:
             os.close(fd)
-            tmp.unlink(missing_ok=True)
-            if _is_disk_full(exc):
-                raise StoreFull(path=str(tmp)) from exc
-            raise
-        os.close(fd)
-        final = pack_path(self.root, pack_id)
-        final.parent.mkdir(mode=0o700, exist_ok=True)
-        tmp.replace(final)
-        fsync_dir(final.parent)
-        if self.publish is not None:
-            self.publish(pack_id, final)
         with self._sealed_lock:
             self.sealed_bytes += size
         self.on_seal(pack_id, size, entries)

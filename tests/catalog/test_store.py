@@ -106,6 +106,37 @@ def test_packs_are_named_by_their_hash_and_sealed(repo: Repository) -> None:
     assert not list((repo.root / "tmp").iterdir())
 
 
+@pytest.mark.parametrize("published", [False, True])
+def test_a_sealed_pack_leaves_the_page_cache_after_it_is_durable_and_published(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch, published: bool
+) -> None:
+    events: list[tuple[str, int]] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", fd)), real_fsync(fd))[1])
+    monkeypatch.setattr(
+        os,
+        "posix_fadvise",
+        lambda fd, off, n, advice: events.append(("drop", fd)) if advice == os.POSIX_FADV_DONTNEED else None,
+    )
+    uploads: list[str] = []
+    writer = PackWriter(
+        repo.root,
+        lambda p, s, e: events.append(("sealed", len(uploads))),
+        200_000,
+        background=False,
+        publish=(lambda pack_id, path: (uploads.append(pack_id), events.append(("publish", 0)))) if published else None,
+    )
+    writer.add(b"\x01" * 16, 0, CODEC_RAW, 300_000, b"\x02" * 32, os.urandom(300_000))
+    writer.seal()
+    kinds = [kind for kind, _ in events]
+    drop = kinds.index("drop")
+    assert kinds.index("fsync") < drop < kinds.index("sealed")
+    if published:
+        assert kinds.index("publish") < drop and uploads
+    dropped_fd = events[drop][1]
+    assert ("fsync", dropped_fd) in events  # the pack's own descriptor, after its own fsync
+
+
 def test_a_flipped_byte_is_caught_on_read(repo: Repository) -> None:
     result, _ = _ingest(repo, os.urandom(100_000))
     loc = repo.index.locate(load_manifest(repo.index, repo.reader, result.manifest_id).chunk_ids[0])
