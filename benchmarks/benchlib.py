@@ -191,6 +191,18 @@ def warm(path: Path) -> int:
     return total
 
 
+def mem_free_mib() -> int:
+    """MemFree of /proc/meminfo in MiB (-1 where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:  # noqa: PTH123
+            for line in f:
+                if line.startswith("MemFree:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return -1
+
+
 def sync() -> None:
     """Flush dirty pages so the next timed step does not pay for the previous one."""
     os.sync()

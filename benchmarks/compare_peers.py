@@ -62,6 +62,7 @@ from benchlib import (
     logical_bytes,
     md_table,
     median,
+    mem_free_mib,
     rmtree,
     run_measured,
     spread,
@@ -304,6 +305,7 @@ def run_sequence(tool: Tool, data: Datasets, run_dir: Path, logs: Path) -> dict[
             warm(warmed)
         sync()
         r.setdefault("load1", []).append(round(os.getloadavg()[0], 2))  # others' work on a shared machine
+        r.setdefault("mem_free_mib", []).append(mem_free_mib())  # little free memory: each new page costs a reclaim
         return run_measured(cmd, cwd=cwd or wd, env=env, log=log)
 
     r: dict[str, Any] = {"tool": tool.name}
@@ -312,7 +314,7 @@ def run_sequence(tool: Tool, data: Datasets, run_dir: Path, logs: Path) -> dict[
 
     src = data.place("A")
     m = step(tool.backup(repo, src, 1), warmed=src)
-    r |= {"backup_a_s": m.wall_s, "backup_a_rss_mib": m.rss_mib, "backup_a_cpu_s": m.cpu_s}
+    r |= {"backup_a_s": m.wall_s, "backup_a_rss_mib": m.rss_mib, "backup_a_cpu_s": m.cpu_s, "backup_a_sys_s": m.sys_s}
     r["repo_a_bytes"] = du_bytes(repo) - base
     after_a = du_bytes(repo)
 
