@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import getpass
 import itertools
 import os
+import re
 import shlex
 import stat
 import subprocess
@@ -15,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from toolkit import schedule
 from toolkit.config import TEMPLATE, ConfigError, RetentionConfig, load_config
 from toolkit.lab.corpus import make_volume
 from toolkit.schedule import (
+    CRON_KILL_AFTER,
     ENV_FILE,
     JOBS,
     Schedule,
@@ -32,7 +36,9 @@ from toolkit.schedule import (
     prune_job,
     repository_owner,
     systemd_units,
+    timeout_duration,
     timer_names,
+    timespan_seconds,
     toolkit_command,
 )
 
@@ -218,13 +224,20 @@ def fake_bin(tmp_path: Path) -> Path:
     return bin_dir
 
 
-def _run_cron(line: str, fake_bin: Path, *, rc: int = 0, day: str = "15") -> subprocess.CompletedProcess[str]:
+def _run_cron(
+    line: str, fake_bin: Path, *, rc: int = 0, day: str = "15", timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
     fields = line.split(" ", 6)
     command = fields[6]
     assert "%" not in command.replace("\\%", ""), "cron turns a bare % into a newline"
     env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "FAKE_RC": str(rc), "FAKE_DAY": day}
     return subprocess.run(
-        ["/bin/sh", "-c", command.replace("\\%", "%")], capture_output=True, text=True, env=env, check=False
+        ["/bin/sh", "-c", command.replace("\\%", "%")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=timeout,
     )
 
 
@@ -274,6 +287,75 @@ def test_cron_file_header(tmp_path: Path) -> None:
     assert len(jobs) == 3
     assert "MAILTO=root" in text and "SHELL=/bin/sh" in text
     assert cron_file(spec(tmp_path)).name == "appstack-toolkit"  # /etc/cron.d skips names with a dot
+
+
+COREUTILS_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+CRON_TIMEOUT = re.compile(r" exec timeout --kill-after=(\S+) (\S+) ")
+
+
+def _duration_s(text: str) -> int:
+    """A coreutils ``timeout`` duration (a whole number and a suffix) in seconds."""
+    return int(text[:-1]) * COREUTILS_UNITS[text[-1]]
+
+
+def test_cron_jobs_have_the_time_limits_of_their_units(tmp_path: Path) -> None:
+    sched = spec(tmp_path, retention=RETENTION)
+    units = systemd_units(sched)
+    cron = cron_file(sched).text.splitlines()
+    limited = {}
+    for job in sched.jobs:
+        line = cron_line(sched, job)
+        assert line in cron
+        service = unit(units, f"appstack-toolkit-{job.name}.service")["Service"]
+        found = CRON_TIMEOUT.search(line)
+        if job.timeout is None:  # no limit in systemd: none in cron either
+            assert "TimeoutStartSec" not in service and " timeout " not in line, job.name
+            continue
+        assert found is not None, line
+        kill_after, duration = found.groups()
+        assert kill_after == CRON_KILL_AFTER
+        assert _duration_s(duration) == timespan_seconds(service["TimeoutStartSec"]) == timespan_seconds(job.timeout)
+        # coreutils accepts both durations as written.
+        assert subprocess.run(["timeout", f"--kill-after={kill_after}", duration, "true"], check=False).returncode == 0
+        limited[job.name] = _duration_s(duration)
+    assert limited == {"snapshot": 22 * 3600, "prune": 12 * 3600}
+    # cron starts the prune at 12:00 sharp: with the limit and the grace it is gone before the 02:30 snapshot.
+    assert 12 * 3600 + limited["prune"] + _duration_s(CRON_KILL_AFTER) < (24 + 2) * 3600 + 30 * 60
+    assert any("124 means it was stopped at its limit" in line for line in cron if line.startswith("#"))
+
+
+def test_a_cron_job_past_its_limit_is_stopped(tmp_path: Path, fake_bin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    logs = tmp_path / "log"
+    logs.mkdir()
+    sleeper = fake_bin / "toolkit"
+    sleeper.write_text("#!/bin/sh\necho started\nexec sleep 120\n")
+    sched = spec(tmp_path, command=(str(sleeper),), env_file=tmp_path / "env")
+    # The snapshot (under nice and ionice), with its 22 h cut to a second.
+    job = dataclasses.replace(JOBS[0], timeout="1s")
+    assert " exec timeout --kill-after=1m 1s nice -n 10 ionice -c 3 " in cron_line(sched, job, logs)
+    r = _run_cron(cron_line(sched, job, logs), fake_bin, timeout=60)
+    assert r.stdout.strip() == f"toolkit snapshot exited with 124 (see {logs / 'snapshot.log'})"
+    assert (logs / "snapshot.log").read_text() == "started\n"
+    # A job that ignores SIGTERM is killed once the grace is over (cut to a second as well).
+    monkeypatch.setattr(schedule, "CRON_KILL_AFTER", "1s")
+    sleeper.write_text("#!/bin/sh\ntrap '' TERM\necho started\nsleep 120\n")
+    r = _run_cron(cron_line(sched, job, logs), fake_bin, timeout=60)
+    assert r.stdout.strip() == f"toolkit snapshot exited with 137 (see {logs / 'snapshot.log'})"
+
+
+@pytest.mark.parametrize(
+    ("span", "seconds", "duration"),
+    [("22h", 79200, "22h"), ("12h", 43200, "12h"), ("90", 90, "90s"), ("1h 30min", 5400, "90m"), ("2d", 172800, "2d")],
+)
+def test_systemd_time_spans_become_timeout_durations(span: str, seconds: int, duration: str) -> None:
+    assert timespan_seconds(span) == seconds
+    assert timeout_duration(span) == duration
+
+
+@pytest.mark.parametrize("span", ["", "h", "12 weeks", "5x", "1h,", "1h x 2s", "infinity"])
+def test_unknown_time_spans_are_refused(span: str) -> None:
+    with pytest.raises(ValueError, match="not a time span"):
+        timespan_seconds(span)
 
 
 def test_install_writes_atomically_and_replaces(tmp_path: Path) -> None:
