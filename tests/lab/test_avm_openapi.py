@@ -350,7 +350,12 @@ def test_2x_responses_follow_the_2_17_document(
     assert call("DELETE", f"/cv_api/writables/{attached.id}", 200)["snapvols"]["error"]
     assert call("DELETE", f"/cv_api/writables/{writable.id}", 200)["snapvols"]["success"]
     call("DELETE", "/cv_api/writables/9999", 200)
-    call("POST", "/cv_api/assignments", 200, json={"action_type": "unassign", "id": app.id, "assignments": [entity]})
+    unassign = {"action_type": "unassign", "id": app.id, "assignments": [entity]}
+    sim.admin_refuse_unassignments(entity["path"], volume_id=app.id)
+    kept = call("POST", "/cv_api/assignments", 500, json=unassign)
+    assert kept["errors"] == ['Unable to remove assignment of "User <LAB\\jdoe>" from "Zipper"']
+    sim.admin_refuse_unassignments(entity["path"], volume_id=app.id, refuse=False)
+    call("POST", "/cv_api/assignments", 200, json=unassign)
     call("GET", "/cv_api/activity_logs", 200)
     call("GET", "/cv_api/activity_logs", 200, params={"admin_upn": "LAB\\admin"})
     call("DELETE", "/cv_api/sessions", 200)
@@ -448,6 +453,10 @@ def test_4x_responses_follow_the_2512_document(
     call("GET", "/app_volumes/app_products/9999/assignments", 404, params={"include": "entities"})
     call("GET", f"/app_volumes/app_packages/{pkg.id}/assignments", 200, params={"include": "entities,filters"})
     call("GET", "/app_volumes/app_packages/9999/assignments", 404, params={"include": "entities"})
+    sim.admin_refuse_unassignments(volume_id=pkg.id)  # the assignment pinned to it: nothing is deleted
+    kept = call("DELETE", "/app_volumes/app_assignments", 500, json={"ids": [a["id"] for a in created]})
+    assert kept["error"] == "Server Error" and kept["detail"] == f"Unable to delete assignment(s) {created[1]['id']}"
+    sim.admin_refuse_unassignments(volume_id=pkg.id, refuse=False)
     call("DELETE", "/app_volumes/app_assignments", 200, json={"ids": [a["id"] for a in created] + [9999]})
     call("DELETE", "/app_volumes/app_assignments", 400, json={})
     call("GET", "/app_volumes/lifecycle_stages", 200)
@@ -570,6 +579,39 @@ def test_the_switch_gets_documented_answers(start_avm: Callable[..., AvmSimulato
         assert ("DELETE", "/app_volumes/app_assignments") in covered
         assert ("POST", "/app_volumes/app_assignments") in covered
         assert ("GET", "/app_volumes/app_products/{id}/app_packages") in covered
+
+
+@pytest.mark.parametrize("flavour", ["2.x", "4.x"])
+def test_a_refused_removal_during_the_switch_gets_documented_answers(
+    start_avm: Callable[..., AvmSimulator], flavour: str
+) -> None:
+    """The manager refuses to take the user's assignment off FROM: its error answer is the documented one."""
+    sim = start_avm(flavour)
+    client, contract = checked_client(sim, flavour)
+    client.login()
+    kind = "appstack" if flavour == "2.x" else "package"
+    product = {"product": "Editor"} if flavour == "4.x" else {}
+    damaged = sim.admin_create_volume(kind, "Editor 1", **product)
+    sim.admin_create_volume(kind, "Editor 1 restored", **product, **({"current": False} if product else {}))
+    user = {"entity_type": "User", "path": "CN=jdoe,OU=Users,DC=lab,DC=example"}
+    if flavour == "2.x":
+        body = {"action_type": "assign", "id": damaged.id, "assignments": [user], "mount_prefix": ""}
+        client.session.post(f"{sim.url}/cv_api/assignments", json=body, timeout=10)
+        fault: dict[str, Any] = {"distinguished_name": user["path"]}
+        refusal = ("POST", "/cv_api/assignments", 500)
+    else:
+        pinned = {"app_product_id": damaged.product_id, "entities": [user], "app_package_id": damaged.id}
+        client.session.post(f"{sim.url}/app_volumes/app_assignments", json={"data": [pinned]}, timeout=10)
+        fault = {"volume_id": damaged.id}
+        refusal = ("DELETE", "/app_volumes/app_assignments", 500)
+    sim.admin_refuse_unassignments(**fault)
+    report = switch(client, "lab", "Editor 1", "Editor 1 restored")
+    assert not report.ok and [m.status for m in report.moves] == ["failed"], report.to_json()
+    assert len(client.assignments(next(v for v in client.volumes() if v.id == damaged.id))) == 1
+    assert refusal in contract.validated
+    sim.admin_refuse_unassignments(**fault, refuse=False)
+    assert switch(client, "lab", "Editor 1", "Editor 1 restored").ok
+    client.logout()
 
 
 # --- the validator can fail -----------------------------------------------------------------------

@@ -712,6 +712,70 @@ def test_an_entity_can_be_made_to_fail_its_assignments(
         assert s.post(url, json=body).status_code == 200
 
 
+@pytest.mark.lab
+@pytest.mark.parametrize("flavour", ["2.x", "4.x"])
+def test_removing_assignments_can_be_made_to_fail(
+    start_avm: Callable[..., AvmSimulator], avm_login: Callable[..., requests.Session], flavour: str
+) -> None:
+    sim = start_avm(flavour)
+    kind = "appstack" if flavour == "2.x" else "package"
+    product = {"product": "Editor"} if flavour == "4.x" else {}
+    one = sim.admin_create_volume(kind, "Editor 1", **product)
+    two = sim.admin_create_volume(kind, "Editor 2", **product, **({"current": False} if product else {}))
+    group = {"entity_type": "Group", "path": "CN=Designers,OU=Groups,DC=lab,DC=example"}
+    s = avm_login(sim)
+    with pytest.raises(BadVolumeRequest):
+        sim.admin_refuse_unassignments()
+    if flavour == "2.x":
+        url = f"{sim.url}/cv_api/assignments"
+        for v in (one, two):
+            assert s.post(url, json={"action_type": "assign", "id": v.id, "assignments": [JDOE, group]}).ok
+
+        def held() -> set[tuple[int, str]]:
+            return {(r["snapvol_id"], r["entity_dn"]) for r in s.get(url).json()["assignments"]}
+
+        def remove(v: Any, *entities: dict[str, str]) -> requests.Response:
+            return s.post(url, json={"action_type": "unassign", "id": v.id, "assignments": list(entities)})
+
+        sim.admin_refuse_unassignments(JDOE["path"], volume_id=one.id)  # that entity on that AppStack only
+        r = remove(one, JDOE, group)
+        assert r.status_code == 500
+        assert r.json() == {
+            "error": "Unassigned AppStacks failed",
+            "errors": ['Unable to remove assignment of "User <LAB\\jdoe>" from "Editor 1"'],
+        }
+        assert len(held()) == 4  # nothing changed
+        assert remove(two, JDOE).ok and remove(one, group).ok
+        assert held() == {(one.id, JDOE["path"]), (two.id, group["path"])}
+        assert remove(two, JDOE).json()["warnings"]  # not assigned: still a warning, not a refusal
+        sim.admin_refuse_unassignments(JDOE["path"], volume_id=one.id, refuse=False)
+        assert remove(one, JDOE).ok and remove(two, group).ok and held() == set()
+        return
+    url = f"{sim.url}/app_volumes/app_assignments"
+    by_marker = {"app_product_id": one.product_id, "entities": [group], "app_package_id": None}
+    pinned = {"app_product_id": one.product_id, "entities": [JDOE], "app_package_id": two.id}
+    ids = [a["id"] for a in s.post(url, json={"data": [by_marker, pinned]}).json()["data"]]
+
+    def held_ids() -> set[int]:
+        return {a["id"] for a in s.get(url).json()["data"]}
+
+    sim.admin_refuse_unassignments(volume_id=one.id)  # pinned to Editor 1: neither assignment is
+    sim.admin_refuse_unassignments(volume_id=two.id)  # pinned to Editor 2: the user's
+    r = s.delete(url, json={"ids": ids})
+    assert (r.status_code, r.json()) == (
+        500,
+        {"error": "Server Error", "detail": f"Unable to delete assignment(s) {ids[1]}"},
+    )
+    assert held_ids() == set(ids)  # none deleted
+    sim.admin_refuse_unassignments(volume_id=two.id, refuse=False)
+    sim.admin_refuse_unassignments(group["path"])  # the group, wherever
+    r = s.delete(url, json={"ids": ids})
+    assert r.status_code == 500 and r.json()["detail"] == f"Unable to delete assignment(s) {ids[0]}"
+    assert s.delete(url, json={"ids": [ids[1]]}).json()["data"]["deleted"] == [{"id": str(ids[1])}]
+    sim.admin_refuse_unassignments(group["path"], refuse=False)
+    assert s.delete(url, json={"ids": [ids[0]]}).ok and held_ids() == set()
+
+
 # --- storage-group replication ------------------------------------------------------------------
 
 

@@ -200,6 +200,71 @@ def test_a_refused_assignment_leaves_the_damaged_volume_assigned(site) -> None:
     assert assignments_of(sim, s, restored.id) == before
 
 
+def test_a_refused_removal_from_the_damaged_volume_keeps_it_assigned(site) -> None:
+    """The manager refuses to take the user's assignment off FROM: FROM keeps it, the switch says so, a re-run ends it.
+
+    2.x: the user is refused on FROM only after TO has it (it has both; the group moves). 4.x: the delete of
+    the assignment pinned to FROM is refused, so nothing is created on TO and the marker stays on FROM.
+    """
+    sim, cfg, s = site
+    office = volume(sim, OFFICE)
+    before = assignments_of(sim, s, office.id)
+    users = {a for a in before if a[2] == JDOE["path"]}
+    restored = restore_beside(sim, cfg, assignments=False)
+    if sim.flavour == "2.x":
+        fault: dict[str, Any] = {"distinguished_name": JDOE["path"]}
+    else:
+        fault = {"volume_id": office.id}  # every assignment pinned to FROM: the user's
+    sim.admin_refuse_unassignments(**fault)
+
+    rc, report, err = cli(cfg, "switch", "--from", OFFICE, "--to", RESTORED)
+    assert rc == 1, (err, report)
+    assert not report["ok"]
+    by_who = {a["who"]: a for a in report["assignments"]}
+    jdoe, designers = by_who["LAB\\jdoe"], by_who["LAB\\Designers"]
+    if sim.flavour == "2.x":
+        assert (jdoe["to"], jdoe["from"], jdoe["status"]) == ("created", "failed", "failed")
+        assert jdoe["detail"] == (
+            f'on TO too, but not removed from FROM: Unable to remove assignment of "User <LAB\\jdoe>" from "{OFFICE}"'
+        )
+        assert (designers["to"], designers["from"], designers["status"]) == ("created", "removed", "moved")
+        assert assignments_of(sim, s, office.id) == users  # kept on FROM
+        assert assignments_of(sim, s, restored.id) == before  # and given to TO, with the group
+    else:
+        assert (jdoe["via"], jdoe["to"], jdoe["from"], jdoe["status"]) == ("package", "failed", "kept", "failed")
+        assert jdoe["detail"].startswith("not removed from FROM, so not given to TO: ")
+        assert "DELETE /app_volumes/app_assignments" in jdoe["detail"] and "HTTP 500" in jdoe["detail"]
+        assert (designers["via"], designers["from"], designers["status"]) == ("marker", "kept", "not switched")
+        assert report["marker"]["status"] == "not moved"
+        assert current_package(sim, s, office.product_id) == office.id
+        assert assignments_of(sim, s, office.id) == before
+        assert assignments_of(sim, s, restored.id) == set()
+
+    # The text says the same, and a second run with the fault still there changes nothing more.
+    text = run_toolkit("--config", str(cfg), "switch", "--from", OFFICE, "--to", RESTORED,
+                       env={"TEST_AVM_PASSWORD": "admin"})  # fmt: skip
+    assert text.returncode == 1, text.stdout + text.stderr
+    rows = [line for line in text.stdout.splitlines() if line.startswith("LAB\\jdoe ")]
+    assert len(rows) == 1 and "not removed from FROM" in rows[0] and " failed " in rows[0], text.stdout
+    assert text.stdout.rstrip().splitlines()[-1].startswith("not finished: what failed is listed above")
+    if sim.flavour == "4.x":
+        assert "CURRENT marker: still points at FROM" in text.stdout
+    assert assignments_of(sim, s, office.id) == (users if sim.flavour == "2.x" else before)
+
+    # Once the manager lets go, a second run finishes the switch.
+    sim.admin_refuse_unassignments(**fault, refuse=False)
+    rc, report, err = cli(cfg, "switch", "--from", OFFICE, "--to", RESTORED)
+    assert rc == 0, (err, report)
+    assert report["ok"]
+    moved = {a["who"]: (a["from"], a["status"]) for a in report["assignments"]}
+    assert moved["LAB\\jdoe"] == ("removed", "moved")
+    if sim.flavour == "4.x":
+        assert moved["LAB\\Designers"] == ("kept", "kept")  # through the marker, which moved
+        assert current_package(sim, s, office.product_id) == restored.id
+    assert assignments_of(sim, s, office.id) == set()
+    assert assignments_of(sim, s, restored.id) == before
+
+
 @pytest.mark.parametrize("site", ["4.x"], indirect=True)  # 2.x gives TO before it takes FROM: nothing is put back
 def test_4x_a_refused_put_back_is_said_loudly(site) -> None:
     """The manager refuses the user's assignment on TO and again on FROM: it has neither, and the switch says so."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -347,6 +347,8 @@ class SimState:
     # Directory paths (lower case) whose assignments the manager fails to save (a test's injected fault).
     refused_entities: set[str] = field(default_factory=set)
     refused_pins: set[tuple[str, int]] = field(default_factory=set)  # the same, pinned to one package only (4.x)
+    # (directory path in lower case, volume id) whose assignments the manager fails to remove; None matches any.
+    refused_removals: set[tuple[str | None, int | None]] = field(default_factory=set)
     lock: threading.RLock = field(default_factory=threading.RLock)
     _counters: dict[str, Iterator[int]] = field(default_factory=dict)
 
@@ -376,6 +378,14 @@ class SimState:
 
     def attachments_of(self, volume_id: int) -> list[Attachment]:
         return [a for a in self.attachments.values() if a.volume_id == volume_id]
+
+    def removal_refused(self, entities: Sequence[Entity], volume_id: int | None) -> bool:
+        """Whether the manager is made to fail removing an assignment of these entities from this volume."""
+        names = {e.distinguished_name.lower() for e in entities}
+        return any(
+            (dn is None or dn in names) and (refused is None or refused == volume_id)
+            for dn, refused in self.refused_removals
+        )
 
     def assignments_of(self, volume_id: int) -> list[Assignment]:
         return [a for a in self.assignments.values() if a.volume_id == volume_id]

@@ -900,6 +900,24 @@ class AvmSimulator:
             else:
                 self.state.refused_pins.discard((dn, package_id))
 
+    def admin_refuse_unassignments(
+        self, distinguished_name: str | None = None, *, volume_id: int | None = None, refuse: bool = True
+    ) -> None:
+        """Make the manager fail to remove assignments of a directory entity, of a volume, or of both (or stop).
+
+        2.x answers an unassign (``POST /cv_api/assignments``, action_type unassign) of such an
+        assignment with the 500 the document gives for assignments it could not save (``errors``:
+        "Unable to remove assignment of …") and changes nothing. 4.x answers ``DELETE
+        /app_volumes/app_assignments`` naming such an assignment (``volume_id``: one pinned to that
+        package) with the document's 500 server error and deletes none of the ids. Saving
+        assignments is not affected; unassigning what is not assigned still only warns.
+        """
+        if distinguished_name is None and volume_id is None:
+            raise BadVolumeRequest(action="refuse unassignments", detail="give a directory path, a volume id or both")
+        key = (None if distinguished_name is None else distinguished_name.lower(), volume_id)
+        with self.state.lock:
+            (self.state.refused_removals.add if refuse else self.state.refused_removals.discard)(key)
+
     def admin_set_status(self, volume_id: int, status: str) -> VolumeInfo:
         if status not in VOLUME_STATUSES:
             raise BadVolumeRequest(action="set status", detail=f"{status!r} is not a manager status")

@@ -381,6 +381,11 @@ def unassign(sim: AvmSimulator, req: Request) -> Response:
     deleted = []
     not_deleted = []
     with sim.state.lock:
+        rows = [a for i in ids if (a := sim.state.app_assignments.get(i)) is not None]
+        kept = [str(a.id) for a in rows if sim.state.removal_refused(a.entities, a.package_id)]
+        if kept:  # the document's 500 (a made-to-fail delete, a test's injected fault); nothing is deleted
+            detail = f"Unable to delete assignment(s) {', '.join(kept)}"
+            return Response.json(500, {"error": "Server Error", "detail": detail})
         for assignment_id in ids:
             if sim.state.app_assignments.pop(assignment_id, None) is None:
                 not_deleted.append({"id": str(assignment_id)})

@@ -129,6 +129,9 @@ def assign(sim: AvmSimulator, req: Request) -> Response:
         refused = _refused_saves(sim, action, ids, entities)
         if refused:  # the vendor's 500 answer for assignments it could not save; nothing is changed
             return Response.json(500, {"error": "Assigned AppStacks failed", "errors": refused})
+        kept = _refused_removals(sim, action, ids, entities)
+        if kept:  # the same answer for assignments it could not remove; nothing is changed
+            return Response.json(500, {"error": "Unassigned AppStacks failed", "errors": kept})
         done, warnings = _apply_assignments(sim, action, ids, entities, p.text("mount_prefix"), req.admin_upn)
     verb = "Assigned" if action == "assign" else "Unassigned"
     body: dict[str, Any] = {
@@ -156,6 +159,27 @@ def _refused_saves(sim: AvmSimulator, action: str, ids: list[int], entities: lis
                 out.append(
                     f'Unable to save assignment of "{entity.entity_type} <{entity.upn(sim.settings.domain)}>" '
                     f'to "{volume.name}"'
+                )
+    return out
+
+
+def _refused_removals(sim: AvmSimulator, action: str, ids: list[int], entities: list[dict[str, Any]]) -> list[str]:
+    """Lines "Unable to remove assignment of …" for existing assignments the manager is made to keep."""
+    state = sim.state
+    if action != "unassign" or not state.refused_removals:
+        return []
+    out = []
+    for volume_id in ids:
+        volume = state.volumes.get(volume_id)
+        if volume is None or volume.kind != "appstack":
+            continue
+        for doc in entities:
+            entity = state.entity_for(str(doc.get("entity_type") or "User"), str(doc.get("path") or doc["id"]))
+            assigned = any(a.entity is entity for a in state.assignments_of(volume.id))
+            if assigned and state.removal_refused([entity], volume.id):
+                out.append(
+                    f'Unable to remove assignment of "{entity.entity_type} <{entity.upn(sim.settings.domain)}>" '
+                    f'from "{volume.name}"'
                 )
     return out
 
