@@ -174,7 +174,7 @@ class AvmClient:
             except requests.RequestException as exc:
                 raise AvmUnreachable(url=self.url, detail=type(exc).__name__) from exc
         if r.status_code >= 400 and r.status_code not in allow:
-            raise AvmBadResponse(method=method, path=path, detail=f"HTTP {r.status_code}")
+            raise AvmBadResponse(method=method, path=path, detail=_status_detail(r))
         return r
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
@@ -706,6 +706,16 @@ def _refusal(r: requests.Response) -> str:
     if body.get("error"):
         return str(body["error"])
     return f"HTTP {r.status_code}" if r.status_code >= 400 else ""
+
+
+def _status_detail(r: requests.Response) -> str:
+    """``HTTP 500`` and the manager's own reason when its body gives one (one line, 200 characters at most)."""
+    detail = _body(r).get("detail")
+    reason = detail if isinstance(detail, str) else _refusal(r)
+    reason = " ".join(reason.split())[:200]
+    if not reason or reason == f"HTTP {r.status_code}":
+        return f"HTTP {r.status_code}"
+    return f"HTTP {r.status_code}: {reason}"
 
 
 def _prefix_note(prefix: str) -> str:

@@ -1795,15 +1795,18 @@ def render_salvage(report: SalvageReport) -> list[str]:
     "--older-than",
     type=click.FloatRange(0, min_open=True),
     metavar="HOURS",
-    help="Also treat a lock taken more than HOURS ago as stale (a holder on another host that died).",
+    help="Also treat a lock taken more than HOURS ago as stale, however recently its holder refreshed it.",
 )
 @pass_ctx
 def unlock(c: Ctx, force: bool, older_than: float | None) -> None:
     """Remove a writer lock left by a job that died.
 
-    A lock whose process is gone from this host is stale and removed. A lock
-    from another host is only removed when older than --older-than HOURS, or
-    with --force. A live holder keeps its lock (exit 3, naming it).
+    A running job writes its lock again every 5 minutes. A lock is stale, and
+    removed, when its process is gone from this host, or when it is another
+    host's and was not refreshed for 45 minutes (the next writer also takes
+    over such a lock by itself, with a warning). --older-than HOURS also
+    removes a lock taken more than HOURS ago, --force any lock. A live holder
+    keeps its lock (exit 3, naming it).
 
     \b
     Example:

@@ -234,6 +234,7 @@ def test_a_refused_removal_from_the_damaged_volume_keeps_it_assigned(site) -> No
         assert (jdoe["via"], jdoe["to"], jdoe["from"], jdoe["status"]) == ("package", "failed", "kept", "failed")
         assert jdoe["detail"].startswith("not removed from FROM, so not given to TO: ")
         assert "DELETE /app_volumes/app_assignments" in jdoe["detail"] and "HTTP 500" in jdoe["detail"]
+        assert "Unable to delete assignment(s)" in jdoe["detail"]  # the manager's own reason
         assert (designers["via"], designers["from"], designers["status"]) == ("marker", "kept", "not switched")
         assert report["marker"]["status"] == "not moved"
         assert current_package(sim, s, office.product_id) == office.id
