@@ -65,6 +65,16 @@ class Locked(Error):
     exit_code = 3
 
 
+class LockLost(Error):
+    template = (
+        "the writer lock was taken over ({what}) because this {command} did not refresh it for {minutes} minutes; "
+        "nothing was committed"
+    )
+    hint = "run the command again; if this recurs, find what stalls this host or its access to the repository"
+    code = "lock_lost"
+    exit_code = 3
+
+
 class PackCorrupt(Error):
     template = "pack {pack_id} is damaged: {detail}"
     hint = "run: toolkit verify --read-data to list the affected volumes"

@@ -295,8 +295,9 @@ def unlock(root: Path, repo_id: str, enc: EncryptionConfig, passphrase: str) -> 
 def add_slot(root: Path, keys: RepoKeys, new_passphrase: str, kdf: KdfParams) -> KeySlot:
     """Wrap the master key under one more passphrase."""
     slot = make_slot(keys.master, new_passphrase, keys.repo_id, keys.cipher, kdf)
-    with writer_lock(root, "key add"):
+    with writer_lock(root, "key add") as held:
         slots = read_slots(root, keys.repo_id)
+        held.check()
         write_slots(root, keys.repo_id, [*slots, slot])
     return slot
 
@@ -304,17 +305,18 @@ def add_slot(root: Path, keys: RepoKeys, new_passphrase: str, kdf: KdfParams) ->
 def change_slot(root: Path, keys: RepoKeys, slot_id: str, new_passphrase: str, kdf: KdfParams) -> KeySlot:
     """Replace slot ``slot_id`` (the one the current passphrase opened) by one under ``new_passphrase``."""
     slot = make_slot(keys.master, new_passphrase, keys.repo_id, keys.cipher, kdf)
-    with writer_lock(root, "key change"):
+    with writer_lock(root, "key change") as held:
         slots = read_slots(root, keys.repo_id)
         if not any(s.id == slot_id for s in slots):
             raise KeySlotNotFound(path=root, slot=slot_id)
+        held.check()
         write_slots(root, keys.repo_id, [slot if s.id == slot_id else s for s in slots])
     return slot
 
 
 def remove_slot(root: Path, keys: RepoKeys, slot_id: str, passphrase: str) -> list[KeySlot]:
     """Remove slot ``slot_id``; ``passphrase`` must open a slot that stays. Returns the slots left."""
-    with writer_lock(root, "key remove"):
+    with writer_lock(root, "key remove") as held:
         slots = read_slots(root, keys.repo_id)
         if not any(s.id == slot_id for s in slots):
             raise KeySlotNotFound(path=root, slot=slot_id)
@@ -323,6 +325,7 @@ def remove_slot(root: Path, keys: RepoKeys, slot_id: str, passphrase: str) -> li
         left = [s for s in slots if s.id != slot_id]
         if not any(open_slot(s, passphrase, keys.repo_id) == keys.master for s in left):
             raise KeySlotInUse(slot=slot_id)
+        held.check()
         write_slots(root, keys.repo_id, left)
     return left
 

@@ -1,9 +1,20 @@
-"""The writer lock: one snapshot, prune or repair at a time.
+"""The writer lock: one snapshot, prune, repair or copy at a time.
 
-``locks/writer`` is created with O_EXCL and holds JSON: owner, pid, host,
-command and the time it was taken. A lock whose process is gone on this host
-is stale and is removed by the next writer (as borg does for same-host locks);
-a lock from another host is only removed by ``toolkit unlock``.
+``locks/writer`` appears whole or not at all (a finished draft hard-linked into place, which
+fails when the name exists) and holds JSON: owner, pid, host, command, since, a random
+``token`` and ``refreshed``. While the holder runs, a daemon thread writes the lock again every
+:data:`HEARTBEAT_S` with the time in ``refreshed`` (a new draft renamed over it, only while it
+still holds the holder's token).
+
+A lock is stale, and the next writer removes it with a warning and takes it, when its holder ran
+on this host and its process is gone (as borg judges same-host locks), or when it ran on another
+host and was not refreshed for :data:`STALE_AFTER_S` by this host's clock (``since`` when it has
+no ``refreshed``), as restic does. A lock whose time cannot be read is removed only by
+``toolkit unlock``.
+
+A holder that stalled long enough to lose its lock must not commit: before every commit it calls
+:meth:`HeldLock.check`, which reads the lock and raises :class:`catalog.errors.LockLost` unless
+it still holds the holder's token.
 """
 
 from __future__ import annotations
@@ -15,16 +26,31 @@ import json
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
-from catalog.errors import Locked, StoreFull
+from catalog.errors import Locked, LockLost, StoreFull
 from catalog.store import fsync_dir
 
 log = logging.getLogger(__name__)
+
+# A holder writes its lock (and a reader its announcement) again this often (tests make it tiny). One small
+# write every five minutes costs nothing, even for a job that runs for days, and keeps STALE_AFTER_S under an hour.
+HEARTBEAT_S: Final = 300.0
+# The times in a lock come from the holder's clock and are judged by another host's clock. S3 refuses a signed
+# request whose time is more than 15 minutes off its own (RequestTimeTooSkewed; Ceph RGW and MinIO enforce the
+# same window), so two hosts that both use a bucket are at most 30 minutes apart; hosts that share a directory
+# repository are expected to keep their clocks at least as close (NTP).
+MAX_CLOCK_SKEW_S: Final = 15 * 60.0
+# A lock or announcement not refreshed for this long belongs to a process that died (kill -9, power loss, a host
+# cut off): the worst skew between two hosts (2 x 15 min) plus three missed refreshes (15 min), which also covers
+# a refresh slowed by the store's retries. 45 minutes.
+STALE_AFTER_S: Final = 2 * MAX_CLOCK_SKEW_S + 3 * HEARTBEAT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +83,69 @@ def lock_path(root: Path) -> Path:
     return root / "locks" / "writer"
 
 
-def read_lock(root: Path) -> LockInfo | None:
+def parse_lock(data: bytes) -> LockInfo:
+    """The holder a lock names; one that does not parse (a torn file) is taken for a stale lock of this host."""
     try:
-        data = json.loads(lock_path(root).read_text())
-        return LockInfo(
-            str(data["owner"]), int(data["pid"]), str(data["host"]), str(data["command"]), str(data["since"])
-        )
+        d = json.loads(data)
+        return LockInfo(str(d["owner"]), int(d["pid"]), str(d["host"]), str(d["command"]), str(d["since"]))
+    except (ValueError, KeyError, TypeError):
+        return LockInfo("unknown", 0, socket.gethostname(), "unknown", "unknown")
+
+
+def lock_token(data: bytes | None) -> str | None:
+    """The ``token`` a lock holds; None when there is no lock or it has none."""
+    if data is None:
+        return None
+    try:
+        token = json.loads(data).get("token")
+    except (ValueError, AttributeError):
+        return None
+    return token if isinstance(token, str) and token else None
+
+
+def refreshed_at(data: bytes, held: LockInfo) -> datetime | None:
+    """When a lock or reader announcement was last written: ``refreshed``, else (older ones) ``since``.
+
+    None when the time cannot be read (this program never writes such a one): the lock is kept.
+    """
+    try:
+        stamp = json.loads(data).get("refreshed") or held.since
+        at = datetime.fromisoformat(str(stamp))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return at if at.tzinfo is not None else None  # a time without a zone could be any host's local time
+
+
+def stale_reason(data: bytes, held: LockInfo, now: datetime, stale_after_s: float) -> str | None:
+    """Why a writer lock belongs to a holder that is gone, or None while the holder may still run.
+
+    Gone: it ran on this host and its process no longer exists, or it ran on another host and the
+    lock was not refreshed for ``stale_after_s`` by ``now`` (this host's clock). A lock of this host
+    whose process still runs is never stale.
+    """
+    if held.is_stale_here:
+        return "its process is no longer running"
+    if held.host == socket.gethostname():
+        return None
+    at = refreshed_at(data, held)
+    if at is None or (now - at).total_seconds() <= stale_after_s:
+        return None
+    return (
+        f"not refreshed since {at.isoformat(timespec='seconds')}, more than {stale_after_s / 60:.0f} minutes ago, "
+        "so that writer is gone"
+    )
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError, TypeError):
-        # A torn lock file (the writer died while creating it): treat as stale here.
-        return LockInfo("unknown", 0, socket.gethostname(), "unknown", "unknown")
+
+
+def read_lock(root: Path) -> LockInfo | None:
+    data = _read_bytes(lock_path(root))
+    return None if data is None else parse_lock(data)
 
 
 def _current_owner() -> str:
@@ -82,76 +160,260 @@ def lock_info(command: str) -> LockInfo:
     return LockInfo(_current_owner(), os.getpid(), socket.gethostname(), command, datetime.now(UTC).isoformat())
 
 
-@contextlib.contextmanager
-def writer_lock(root: Path, command: str) -> Iterator[LockInfo]:
-    """Hold the writer lock for the duration of the block."""
-    path = lock_path(root)
-    me = LockInfo(_current_owner(), os.getpid(), socket.gethostname(), command, datetime.now(UTC).isoformat())
-    # The lock appears whole or not at all: written under a private name, then hard-linked into place.
+def timings(heartbeat_s: float | None, stale_after_s: float | None) -> tuple[float, float]:
+    """The refresh interval and stale limit a writer lock uses: those given, else :data:`HEARTBEAT_S` and
+    :data:`STALE_AFTER_S` as they are now (tests make them tiny)."""
+    return (
+        HEARTBEAT_S if heartbeat_s is None else heartbeat_s,
+        STALE_AFTER_S if stale_after_s is None else stale_after_s,
+    )
+
+
+def _now_iso(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).isoformat(timespec="microseconds")
+
+
+class HeldLock:
+    """The writer lock as its holder has it, written again every ``heartbeat_s`` on a daemon thread until released.
+
+    A refresh replaces the lock only while it still holds :attr:`token`. One that finds the lock gone
+    or another writer's records the loss; :meth:`check`, which every commit calls first, then raises
+    :class:`LockLost`. A refresh that fails is logged and never reaches the command. Subclasses say
+    where the lock is kept (a directory, an object store).
+    """
+
+    def __init__(self, info: LockInfo, where: str, heartbeat_s: float, stale_after_s: float) -> None:
+        self.info = info
+        self.where = where
+        self.token = uuid.uuid4().hex
+        self.heartbeat_s = heartbeat_s
+        self.stale_after_s = stale_after_s
+        self.refreshed = info.since
+        self.lost: str | None = None  # what a refresh or check found in place of this lock
+        self._released = False
+        self._stop = threading.Event()
+        self._mutex = threading.Lock()  # refreshes, checks and the release one at a time
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-writer-{self.token[:8]}", daemon=True)
+
+    @property
+    def pid(self) -> int:
+        return self.info.pid
+
+    def data(self, refreshed: str | None = None) -> bytes:
+        """The lock as written: the holder, the token and when it was (or is now) refreshed."""
+        fields = asdict(self.info) | {"token": self.token, "refreshed": refreshed or self.refreshed}
+        return json.dumps(fields, sort_keys=True).encode() + b"\n"
+
+    # -- where the lock is kept -------------------------------------------------------------------------------
+
+    def _read(self) -> bytes | None:
+        """The lock as it is now; None when there is none."""
+        raise NotImplementedError
+
+    def _replace_if_ours(self, data: bytes) -> bool:
+        """Write ``data`` over the lock if it still holds our token; False (nothing written) when it does not."""
+        raise NotImplementedError
+
+    def _remove(self) -> None:
+        raise NotImplementedError
+
+    # -- the holder's side ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _note_lost(self, current: bytes | None) -> None:
+        if current is None:
+            self.lost = "it was removed"
+        else:
+            held = parse_lock(current)
+            self.lost = f"{held.command} of {held.owner}, pid {held.pid} on {held.host} since {held.since}, holds it"
+        log.warning(
+            "the writer lock %s is no longer held by this %s: %s; it stops before its next commit",
+            self.where,
+            self.info.command,
+            self.lost,
+        )
+
+    def _still_ours(self) -> bool:
+        """Read the lock (call with the mutex held); record the loss when it is not ours any more."""
+        if self.lost is None:
+            current = self._read()
+            if lock_token(current) != self.token:
+                self._note_lost(current)
+        return self.lost is None
+
+    def refresh(self, now: datetime | None = None) -> None:
+        """Write the lock again with ``refreshed`` = ``now`` if it is still ours; a failure is logged, never raised."""
+        with self._mutex:
+            if self._released or self.lost is not None:
+                return
+            stamp = _now_iso(now)
+            try:
+                if self._replace_if_ours(self.data(stamp)):
+                    self.refreshed = stamp
+                else:
+                    self._still_ours()
+            except Exception as exc:  # noqa: BLE001 (a daemon thread with nothing above it: the command goes on)
+                log.warning(
+                    "could not refresh the writer lock %s: %s; another writer takes it over once it is %.0f "
+                    "minutes old",
+                    self.where,
+                    exc,
+                    self.stale_after_s / 60,
+                )
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            self.refresh()
+
+    def check(self) -> None:
+        """Raise :class:`LockLost` unless this process still holds the lock; call it before every commit."""
+        with self._mutex:
+            if not self._still_ours():
+                raise LockLost(command=self.info.command, what=self.lost, minutes=f"{self.stale_after_s / 60:.0f}")
+
+    def release(self) -> None:
+        """Stop the refreshes, then remove the lock if it is still ours."""
+        self._stop.set()
+        with self._mutex:
+            self._released = True
+            if self.lost is None and lock_token(self._read()) == self.token:
+                self._remove()
+        if self._thread.is_alive():
+            self._thread.join()  # it can only be waking up now: a refresh after the release returns at once
+
+
+class DirectoryLock(HeldLock):
+    """``locks/writer`` of a directory repository."""
+
+    def __init__(self, root: Path, info: LockInfo, heartbeat_s: float, stale_after_s: float) -> None:
+        super().__init__(info, str(lock_path(root)), heartbeat_s, stale_after_s)
+        self.root = root
+
+    def _read(self) -> bytes | None:
+        return _read_bytes(lock_path(self.root))
+
+    def _replace_if_ours(self, data: bytes) -> bool:
+        draft = write_draft(self.root, data)
+        try:
+            if lock_token(self._read()) != self.token:
+                return False
+            draft.replace(lock_path(self.root))  # atomic: readers see the old lock or the new one
+        finally:
+            draft.unlink(missing_ok=True)
+        fsync_dir(self.root / "locks")
+        return True
+
+    def _remove(self) -> None:
+        lock_path(self.root).unlink(missing_ok=True)
+
+
+def write_draft(root: Path, data: bytes) -> Path:
+    """``data`` in a new private file beside the lock, synced: what is linked or renamed into place."""
     draft = root / "locks" / f".writer.{uuid.uuid4().hex}"
     try:
         fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(me), f)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
         draft.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreFull(path=path) from exc
+            raise StoreFull(path=lock_path(root)) from exc
         raise
+    return draft
+
+
+@contextlib.contextmanager
+def writer_lock(
+    root: Path, command: str, *, heartbeat_s: float | None = None, stale_after_s: float | None = None
+) -> Iterator[HeldLock]:
+    """Hold the writer lock for the duration of the block, refreshing it every ``heartbeat_s``
+    (:data:`HEARTBEAT_S`); a lock of another host not refreshed for ``stale_after_s`` (:data:`STALE_AFTER_S`)
+    is taken over."""
+    held = DirectoryLock(root, lock_info(command), *timings(heartbeat_s, stale_after_s))
+    draft = write_draft(root, held.data())
     try:
-        _take(root, path, draft, me)
+        _take(root, lock_path(root), draft, held)
     finally:
         draft.unlink(missing_ok=True)
+    held.start()
     try:
-        yield me
+        yield held
     finally:
-        path.unlink(missing_ok=True)
+        held.release()
 
 
-def _take(root: Path, path: Path, draft: Path, me: LockInfo) -> None:
-    for _attempt in range(2):
+def _take(root: Path, path: Path, draft: Path, me: HeldLock) -> None:
+    for _attempt in range(3):
         try:
             os.link(draft, path)
         except FileExistsError:
-            held = read_lock(root)
-            if held is not None and held.is_stale_here:
-                log.warning(
-                    "removing a stale lock left by pid %s (%s), which is no longer running",
-                    held.pid,
-                    held.command,
-                )
+            data = _read_bytes(path)
+            if data is None:
+                continue  # released meanwhile
+            held = parse_lock(data)
+            why = stale_reason(data, held, datetime.now(UTC), me.stale_after_s)
+            if why is None:
+                raise Locked(owner=held.owner, pid=held.pid, host=held.host, since=held.since) from None
+            warn_stale(held, data, why)
+            if _read_bytes(path) == data:  # not refreshed (nor taken by another writer) meanwhile
                 path.unlink(missing_ok=True)
-                continue
-            if held is None:
-                continue
-            raise Locked(owner=held.owner, pid=held.pid, host=held.host, since=held.since) from None
+            continue
         fsync_dir(path.parent)
         return
-    held = read_lock(root) or me
+    held = read_lock(root) or me.info
     raise Locked(owner=held.owner, pid=held.pid, host=held.host, since=held.since)
+
+
+def warn_stale(held: LockInfo, data: bytes, why: str) -> None:
+    """Say whose stale writer lock is being removed, and why."""
+    at = refreshed_at(data, held)
+    log.warning(
+        "removing the stale writer lock of pid %s on %s (%s, since %s, last refreshed %s): %s",
+        held.pid,
+        held.host,
+        held.command,
+        held.since,
+        "unknown" if at is None else at.isoformat(timespec="seconds"),
+        why,
+    )
 
 
 def lock_age_s(held: LockInfo, now: datetime) -> float | None:
     try:
         return (now - datetime.fromisoformat(held.since)).total_seconds()
-    except ValueError:
+    except (ValueError, TypeError):
         return None
+
+
+def breakable(
+    data: bytes, *, force: bool, older_than_s: float | None, now: datetime | None, stale_after_s: float | None = None
+) -> LockInfo:
+    """The holder of a lock ``toolkit unlock`` may remove: stale (:func:`stale_reason`), taken more than
+    ``older_than_s`` ago, or any with ``force``; raises :class:`Locked` otherwise."""
+    held = parse_lock(data)
+    now = now or datetime.now(UTC)
+    age = lock_age_s(held, now)
+    too_old = older_than_s is not None and age is not None and age > older_than_s
+    stale = stale_reason(data, held, now, timings(None, stale_after_s)[1]) is not None
+    if not force and not too_old and not stale:
+        raise Locked(owner=held.owner, pid=held.pid, host=held.host, since=held.since)
+    return held
 
 
 def break_lock(
     root: Path, *, force: bool = False, older_than_s: float | None = None, now: datetime | None = None
 ) -> LockInfo | None:
-    """Remove the writer lock if it is stale: its process is gone from this host, or (with
-    ``older_than_s``) it was taken longer ago than that; always with ``force``. Returns what was removed."""
-    held = read_lock(root)
-    if held is None:
+    """Remove the writer lock if it is stale: its process is gone from this host, or it is another host's and
+    was not refreshed for :data:`STALE_AFTER_S`, or (with ``older_than_s``) it was taken longer ago than that;
+    always with ``force``. Returns what was removed."""
+    data = _read_bytes(lock_path(root))
+    if data is None:
         return None
-    age = lock_age_s(held, now or datetime.now(UTC))
-    too_old = older_than_s is not None and age is not None and age > older_than_s
-    if not force and not too_old and not held.is_stale_here:
-        raise Locked(owner=held.owner, pid=held.pid, host=held.host, since=held.since)
+    held = breakable(data, force=force, older_than_s=older_than_s, now=now)
     lock_path(root).unlink(missing_ok=True)
     return held
 
@@ -162,7 +424,7 @@ def register_reader(root: Path, command: str) -> Path | None:
     Returns the reader file to remove when done, or None when the repository is
     read-only to us (a reader that cannot announce itself still works).
     """
-    me = LockInfo(_current_owner(), os.getpid(), socket.gethostname(), command, datetime.now(UTC).isoformat())
+    me = lock_info(command)
     path = root / "locks" / f"reader-{uuid.uuid4().hex}"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -206,6 +206,8 @@ def collect_garbage(
             continue
         chosen.append((pack_id, size, live_bytes))
     emit("plan", {"volumes": 0, "bytes": sum(live_bytes for _p, _s, live_bytes in chosen)})
+    if chosen:
+        repo.check_writer_lock()  # repacking points the catalog at new packs
     writer = repo.pack_writer(lambda pid, size, entries: index.add_pack(pid, size, entries, now_iso(), replace=True))
     doomed: list[tuple[str, int]] = []
     try:

@@ -16,11 +16,12 @@ are copies: the cache is disposable, and the object store is the truth.
   packs in the later listing); what the store lacks is forgotten, what the catalog lacks is
   indexed: pack indexes through two ranged GETs at most, documents downloaded.
 - Locks: the writer lock is ``locks/writer``, created only if absent (a conditional PUT that
-  one of two racing writers wins), holding the directory lock's JSON plus a random token;
-  stale writer locks are judged as for a directory (:class:`catalog.lock.LockInfo`). Readers
-  announce themselves as ``locks/reader-<random>`` and a daemon thread writes the announcement
-  again every :data:`READER_HEARTBEAT_S` with the time in ``refreshed``; one not refreshed for
-  :data:`READER_STALE_S` belongs to a reader that died, on any host, and is removed.
+  one of two racing writers wins), holding the directory lock's JSON (with its random token);
+  its holder writes it again every :data:`catalog.lock.HEARTBEAT_S` while it still holds its
+  token, and stale writer locks are judged as for a directory (:func:`catalog.lock.stale_reason`).
+  Readers announce themselves as ``locks/reader-<random>`` and a daemon thread writes the
+  announcement again every :data:`READER_HEARTBEAT_S` with the time in ``refreshed``; one not
+  refreshed for :data:`READER_STALE_S` belongs to a reader that died, on any host, and is removed.
 - Object Lock: packs and documents may carry a retention; a delete the store refuses for it
   raises :class:`Retained`, and a dropped snapshot whose document cannot go yet is marked
   ``forgotten/<snapshot_id>`` so no cache indexes it again and the next prune retries.
@@ -50,7 +51,20 @@ import xxhash
 
 from catalog import pack
 from catalog.errors import Error, Locked, PackCorrupt, SnapshotDocumentCorrupt
-from catalog.lock import LockInfo, lock_age_s, lock_info
+from catalog.lock import (
+    HEARTBEAT_S,
+    STALE_AFTER_S,
+    HeldLock,
+    LockInfo,
+    breakable,
+    lock_info,
+    lock_token,
+    refreshed_at,
+    stale_reason,
+    timings,
+    warn_stale,
+)
+from catalog.lock import parse_lock as parse_lock  # where it lived first; callers import it from here
 from catalog.store import pack_path, write_atomic
 from catalog.types import PackEntry, PackId
 
@@ -68,17 +82,13 @@ STALE_PARTIAL_S: Final = 24 * 3600.0  # an unfinished download older than this b
 FETCH_DIR: Final = "fetch"  # packs downloaded for verification (not tmp/, which a starting writer empties)
 WRITER: Final = "writer"
 READER_PREFIX: Final = "reader-"
-# A reader writes its announcement again this often (tests make it tiny). One small PUT every five minutes
-# costs nothing, even for a restore that runs for days, and keeps READER_STALE_S under an hour.
-READER_HEARTBEAT_S: Final = 300.0
-# The times in an announcement come from the reader's clock and are judged by the pruning host's clock.
-# S3 refuses a signed request whose time is more than 15 minutes off its own (RequestTimeTooSkewed; Ceph
-# RGW and MinIO enforce the same window), so two hosts that both use the bucket are at most 30 minutes apart.
-MAX_CLOCK_SKEW_S: Final = 15 * 60.0
-# An announcement not refreshed for this long belongs to a reader that died (kill -9, power loss, a host
-# cut off): the worst skew between two hosts (2 x 15 min) plus three missed heartbeats (15 min), which also
-# covers a refresh slowed by the store's retries. 45 minutes.
-READER_STALE_S: Final = 2 * MAX_CLOCK_SKEW_S + 3 * READER_HEARTBEAT_S
+# A reader writes its announcement again this often (tests make it tiny), as a writer its lock: one small PUT
+# every five minutes (catalog.lock.HEARTBEAT_S, which says why).
+READER_HEARTBEAT_S: Final = HEARTBEAT_S
+# An announcement not refreshed for this long belongs to a reader that died: 45 minutes, the worst clock
+# skew between two hosts that S3 accepts requests from plus three missed heartbeats, as for a writer lock
+# (catalog.lock.STALE_AFTER_S, which says why).
+READER_STALE_S: Final = STALE_AFTER_S
 # Withdrawing waits this long for a refresh in flight; a refresh that lands later removes the object itself.
 READER_WITHDRAW_WAIT_S: Final = 10.0
 PACK_NAME: Final = re.compile(r"[0-9a-f]{32}")
@@ -185,30 +195,41 @@ def _now_iso() -> str:
 # -- locks --------------------------------------------------------------------------------------------------
 
 
-def _lock_data(info: LockInfo, token: str) -> bytes:
-    return json.dumps(asdict(info) | {"token": token}, sort_keys=True).encode() + b"\n"
-
-
-def parse_lock(data: bytes) -> LockInfo:
-    """The holder a lock object names; one that does not parse is taken for a stale lock of this host."""
-    try:
-        d = json.loads(data)
-        return LockInfo(str(d["owner"]), int(d["pid"]), str(d["host"]), str(d["command"]), str(d["since"]))
-    except (ValueError, KeyError, TypeError):
-        return LockInfo("unknown", 0, socket.gethostname(), "unknown", "unknown")
-
-
 def _delete_if_unchanged(remote: Remote, name: str, data: bytes) -> None:
     """Delete a lock only while it still holds ``data`` (it was not broken and taken by another writer)."""
     if remote.read_lock(name) == data:
         remote.delete_lock(name)
 
 
+class RemoteLock(HeldLock):
+    """``locks/writer`` in an object store, as its holder has it (:class:`catalog.lock.HeldLock`)."""
+
+    def __init__(self, remote: Remote, info: LockInfo, heartbeat_s: float, stale_after_s: float) -> None:
+        super().__init__(info, f"{remote.url}/locks/{WRITER}", heartbeat_s, stale_after_s)
+        self.remote = remote
+
+    def _read(self) -> bytes | None:
+        return self.remote.read_lock(WRITER)
+
+    def _replace_if_ours(self, data: bytes) -> bool:
+        if lock_token(self.remote.read_lock(WRITER)) != self.token:
+            return False
+        self.remote.put_lock(WRITER, data)
+        return True
+
+    def _remove(self) -> None:
+        self.remote.delete_lock(WRITER)
+
+
 @contextlib.contextmanager
-def remote_writer_lock(remote: Remote, command: str) -> Iterator[LockInfo]:
-    """Hold ``locks/writer`` in the object store for the duration of the block."""
-    me = lock_info(command)
-    data = _lock_data(me, uuid.uuid4().hex)
+def remote_writer_lock(
+    remote: Remote, command: str, *, heartbeat_s: float | None = None, stale_after_s: float | None = None
+) -> Iterator[HeldLock]:
+    """Hold ``locks/writer`` in the object store for the duration of the block, refreshing it every
+    ``heartbeat_s`` (:data:`catalog.lock.HEARTBEAT_S`); a lock of another host not refreshed for
+    ``stale_after_s`` (:data:`catalog.lock.STALE_AFTER_S`) is taken over."""
+    me = RemoteLock(remote, lock_info(command), *timings(heartbeat_s, stale_after_s))
+    data = me.data()
     for _attempt in range(3):
         if remote.create_lock(WRITER, data):
             break
@@ -216,17 +237,19 @@ def remote_writer_lock(remote: Remote, command: str) -> Iterator[LockInfo]:
         if held_data is None:
             continue  # released meanwhile
         held = parse_lock(held_data)
-        if not held.is_stale_here:
+        why = stale_reason(held_data, held, datetime.now(UTC), me.stale_after_s)
+        if why is None:
             raise Locked(owner=held.owner, pid=held.pid, host=held.host, since=held.since)
-        log.warning("removing a stale lock left by pid %s (%s), which is no longer running", held.pid, held.command)
+        warn_stale(held, held_data, why)
         _delete_if_unchanged(remote, WRITER, held_data)
     else:
-        held = parse_lock(remote.read_lock(WRITER) or _lock_data(me, ""))
+        held = parse_lock(remote.read_lock(WRITER) or data)
         raise Locked(owner=held.owner, pid=held.pid, host=held.host, since=held.since)
+    me.start()
     try:
         yield me
     finally:
-        _delete_if_unchanged(remote, WRITER, data)
+        me.release()
 
 
 def break_remote_lock(
@@ -236,11 +259,7 @@ def break_remote_lock(
     data = remote.read_lock(WRITER)
     if data is None:
         return None
-    held = parse_lock(data)
-    age = lock_age_s(held, now or datetime.now(UTC))
-    too_old = older_than_s is not None and age is not None and age > older_than_s
-    if not force and not too_old and not held.is_stale_here:
-        raise Locked(owner=held.owner, pid=held.pid, host=held.host, since=held.since)
+    held = breakable(data, force=force, older_than_s=older_than_s, now=now)
     _delete_if_unchanged(remote, WRITER, data)
     return held
 
@@ -249,17 +268,7 @@ def _reader_data(info: LockInfo, refreshed: str) -> bytes:
     return json.dumps(asdict(info) | {"token": "", "refreshed": refreshed}, sort_keys=True).encode() + b"\n"
 
 
-def reader_refreshed_at(data: bytes, held: LockInfo) -> datetime | None:
-    """When a reader announcement was last written: ``refreshed``, else (older announcements) ``since``.
-
-    None when the time cannot be read (this program never writes such a one): the announcement is kept.
-    """
-    try:
-        stamp = json.loads(data).get("refreshed") or held.since
-        at = datetime.fromisoformat(str(stamp))
-    except (ValueError, TypeError, AttributeError):
-        return None
-    return at if at.tzinfo is not None else None  # a time without a zone could be any host's local time
+reader_refreshed_at = refreshed_at  # an announcement ages as a lock does (catalog.lock.refreshed_at)
 
 
 class ReaderAnnouncement:

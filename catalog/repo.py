@@ -56,7 +56,7 @@ from catalog.keys import (
     keys_path,
     unlocked_keys,
 )
-from catalog.lock import LockInfo, live_readers, register_reader, writer_lock
+from catalog.lock import HeldLock, LockInfo, live_readers, register_reader, writer_lock
 from catalog.remote import (
     DEFAULT_CACHE_BYTES,
     UPLOADS_IN_FLIGHT,
@@ -203,6 +203,7 @@ class Repository:
         self.cache = PackCache(root, remote, cache_bytes) if remote is not None else None
         self.remote_pack_sizes: dict[str, int] = {}  # a remote repository's packs as last listed
         self.reader = PackReader(root, self.keys, self.cache.pread if self.cache is not None else None)
+        self._writer_locks: list[HeldLock] = []  # held within writing()
         # Announced before the catalog is read, so a prune running meanwhile keeps the packs it may read.
         self._reader_file = register_reader(root, command) if remote is None else None
         self._remote_reader = announce_reader(remote, command) if remote is not None else None
@@ -321,14 +322,25 @@ class Repository:
         """Hold the writer lock; bring the catalog up to date with the files first.
 
         A repository in an object store takes the lock there, and this host's cache lock first.
+        Every commit inside the block first calls :meth:`check_writer_lock`.
         """
-        with writer_lock(self.root, command), self._remote_lock(command):
-            self.clean_tmp()
-            self.reconcile()
-            yield
+        with writer_lock(self.root, command) as local, self._remote_lock(command) as remote:
+            self._writer_locks = [local] if remote is None else [local, remote]
+            try:
+                self.clean_tmp()
+                self.reconcile()
+                yield
+            finally:
+                self._writer_locks = []
 
-    def _remote_lock(self, command: str) -> contextlib.AbstractContextManager[object]:
+    def _remote_lock(self, command: str) -> contextlib.AbstractContextManager[HeldLock | None]:
         return remote_writer_lock(self.remote, command) if self.remote is not None else contextlib.nullcontext()
+
+    def check_writer_lock(self) -> None:
+        """Raise :class:`catalog.errors.LockLost` when a writer lock taken in :meth:`writing` is no longer ours
+        (another writer took it over); the step before every commit. Outside :meth:`writing` there is none."""
+        for held in self._writer_locks:
+            held.check()
 
     def readers(self) -> list[LockInfo]:
         """Readers announced by other processes (stale announcements of this host are removed)."""
@@ -414,6 +426,7 @@ class Repository:
         """Commit a snapshot: the document becomes durable, then the catalog rows."""
         doc = {"format": SNAPSHOT_FORMAT, "version": 1, **doc}
         snap_id, data = encode_snapshot_doc(doc, self.keys)
+        self.check_writer_lock()
         if self.remote is not None:
             check_uploaded(self)
             self.remote.put_document(snap_id, data)  # the commit point; every pack it names is uploaded
@@ -427,6 +440,7 @@ class Repository:
     def forget_snapshot(self, snap_id: str) -> str | None:
         """Remove a snapshot: catalog rows first, then its document. Returns when the document's
         retention ends if the object store keeps it (the snapshot stays forgotten; a later prune removes it)."""
+        self.check_writer_lock()
         if self.remote is not None:
             return forget_remote_snapshot(self, snap_id)
         # A crash before the document is gone brings the snapshot back (reconcile indexes it again).
@@ -436,7 +450,10 @@ class Repository:
 
     def retry_forgotten(self) -> list[tuple[str, str]]:
         """Remove documents of snapshots earlier prunes forgot; (snapshot id, retain-until) of those still kept."""
-        return retry_forgotten(self) if self.remote is not None else []
+        if self.remote is None:
+            return []
+        self.check_writer_lock()
+        return retry_forgotten(self)
 
     def pack_retained_until(self, pack_id: str) -> str | None:
         """When the object store lets a pack be deleted (ISO 8601), or None: now (always so in a directory)."""
@@ -444,6 +461,7 @@ class Repository:
 
     def delete_pack(self, pack_id: str) -> str | None:
         """Remove an unreferenced pack: catalog rows, then the file; the retain-until if the store keeps it."""
+        self.check_writer_lock()
         if self.remote is not None:
             return delete_remote_pack(self, pack_id)
         self.index.remove_pack(pack_id)  # only rows still naming this pack: the dead chunks

@@ -644,6 +644,7 @@ def salvage(
 
     # 1. the damaged files get a second name in quarantine/; recovered chunks go into new sealed
     # packs, and the catalog points at them
+    repo.check_writer_lock()
     destinations = {d.pack_id: _link_aside(repo, d.pack_id) for d in damaged if d.reads}
     new_packs: dict[str, list[str]] = {}
     rewritten: set[str] = set()  # a new pack that is some damaged pack's original content, under its name
@@ -685,6 +686,7 @@ def salvage(
         )
         for d in damaged
     ]
+    repo.check_writer_lock()
     index.retire_packs([q for q in rows if q.pack_id not in rewritten], _lost_rows(uses, origins, when), _pairs(uses))
     for q in rows:
         if q.pack_id in rewritten:  # sound again under its name: only listed as quarantined

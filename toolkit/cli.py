@@ -1498,7 +1498,10 @@ def switch_text(r: dict[str, Any]) -> str:
     if r["dry_run"]:
         lines.append("dry run: nothing was changed")
     elif not r["ok"]:
-        lines.append("not finished: what failed is listed above; FROM keeps (or has back) what was not given to TO")
+        lines.append(
+            "not finished: what failed is listed above; FROM keeps every assignment not moved; "
+            "run the same command again to finish"
+        )
     return "\n".join(lines)
 
 
@@ -1959,8 +1962,9 @@ def _changing_keys(c: Ctx) -> Iterator[None]:
         yield
         return
     access = c.s3(url)
-    with remote_writer_lock(access.remote, "key"):
+    with remote_writer_lock(access.remote, "key") as held:
         yield
+        held.check()
         access.remote.store.put_bytes(KEYS_FILE, (access.root / KEYS_FILE).read_bytes())
 
 

@@ -174,10 +174,9 @@ def test_a_lock_from_another_host_is_stale_only_when_old(tmp_path: Path) -> None
 
     root = tmp_path / "r"
     Repository.init(root).close()
-    since = (datetime.now(UTC) - timedelta(hours=30)).isoformat()
-    (root / "locks" / "writer").write_text(
-        json.dumps({"owner": "x", "pid": 1, "host": "elsewhere", "command": "snapshot", "since": since})
-    )
+    since, refreshed = (datetime.now(UTC) - timedelta(hours=30)).isoformat(), datetime.now(UTC).isoformat()
+    holder = {"owner": "x", "pid": 1, "host": "elsewhere", "command": "snapshot", "since": since}
+    (root / "locks" / "writer").write_text(json.dumps(holder | {"refreshed": refreshed}))  # a long job, still running
     with pytest.raises(Locked):
         break_lock(root)
     with pytest.raises(Locked):

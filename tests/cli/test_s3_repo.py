@@ -273,7 +273,8 @@ def test_a_lock_held_elsewhere_exits_3_until_unlock_force(lab: Lab) -> None:
 def test_a_stale_lock_of_this_host_is_removed_and_an_old_one_elsewhere_by_unlock_older_than(lab: Lab) -> None:
     put_lock(lab, host=socket.gethostname(), pid=2**22 + 4321)  # no such process here
     lab.snapshot()
-    put_lock(lab, since=(datetime.now(UTC) - timedelta(hours=30)).isoformat())
+    now = datetime.now(UTC)
+    put_lock(lab, since=(now - timedelta(hours=30)).isoformat(), refreshed=now.isoformat())  # a long job, alive
     assert lab.toolkit("unlock", "--older-than", "48").exit_code == 3
     assert lab.toolkit("unlock", "--older-than", "24").exit_code == 0
     assert "locks/writer" not in lab.objects()

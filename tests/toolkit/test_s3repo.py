@@ -23,7 +23,7 @@ import pytest
 
 from catalog import pack
 from catalog.check import VerifyReport, verify
-from catalog.errors import Locked, PackCorrupt
+from catalog.errors import Locked, LockLost, PackCorrupt
 from catalog.prune import Policy, ReadersActive, prune
 from catalog.remote import (
     READER_STALE_S,
@@ -197,8 +197,8 @@ def test_a_lock_of_a_dead_process_of_this_host_is_stale_one_of_another_host_is_n
     remote.put_lock("writer", json.dumps(dead).encode())
     with remote_writer_lock(remote, "snapshot"):
         assert json.loads(remote.read_lock("writer") or b"{}")["pid"] == os.getpid()
-    since = (datetime.now(UTC) - timedelta(hours=30)).isoformat()
-    other = {"owner": "x", "pid": 1, "host": "backup02", "command": "snapshot", "since": since}
+    since, refreshed = (datetime.now(UTC) - timedelta(hours=30)).isoformat(), datetime.now(UTC).isoformat()
+    other = {"owner": "x", "pid": 1, "host": "backup02", "command": "snapshot", "since": since, "refreshed": refreshed}
     remote.put_lock("writer", json.dumps(other).encode())
     with pytest.raises(Locked, match="backup02"), remote_writer_lock(remote, "snapshot"):
         pass
@@ -228,6 +228,87 @@ def test_without_conditional_writes_two_racing_writers_still_get_one_lock(store:
         t.join()
     assert sorted(results) == [False, True]
     assert not S3Remote(store, conditional_writes=False, settle_s=0.0).create_lock("writer", b"late\n")
+
+
+def other_host_writer_lock(since: timedelta, refreshed: timedelta) -> bytes:
+    """The writer lock of pid 4242 on backup02, taken ``since`` ago and last written ``refreshed`` ago."""
+    now = datetime.now(UTC)
+    lock = {"owner": "backup", "pid": 4242, "host": "backup02", "command": "prune", "token": "7e" * 16}
+    lock |= {"since": (now - since).isoformat(), "refreshed": (now - refreshed).isoformat()}
+    return json.dumps(lock, sort_keys=True).encode() + b"\n"
+
+
+def test_the_writer_lock_in_the_store_is_refreshed_and_keeps_its_token(remote: S3Remote) -> None:
+    def held_now() -> dict:
+        return json.loads(remote.read_lock("writer") or b"{}")
+
+    with remote_writer_lock(remote, "snapshot", heartbeat_s=0.05) as held:
+        first = held_now()
+        assert first["token"] == held.token and first["refreshed"] == first["since"]
+        seen = {first["refreshed"]}
+        while len(seen) < 3:  # two refreshes
+            wait_for(lambda: held_now()["refreshed"] not in seen, "a refresh")
+            current = held_now()
+            assert (current["token"], current["since"], current["pid"]) == (held.token, first["since"], os.getpid())
+            assert datetime.fromisoformat(current["refreshed"]) > max(datetime.fromisoformat(t) for t in seen)
+            seen.add(current["refreshed"])
+    assert remote.read_lock("writer") is None
+
+
+def test_a_writer_lock_another_host_stopped_refreshing_is_taken_over_and_a_fresh_one_is_not(
+    remote: S3Remote, caplog: pytest.LogCaptureFixture
+) -> None:
+    fresh = other_host_writer_lock(timedelta(days=1), timedelta(minutes=40))
+    remote.put_lock("writer", fresh)
+    with pytest.raises(Locked, match="pid 4242 on backup02"), remote_writer_lock(remote, "snapshot"):
+        pass
+    with pytest.raises(Locked):
+        break_remote_lock(remote)  # toolkit unlock without options
+    assert remote.read_lock("writer") == fresh
+    stale = other_host_writer_lock(timedelta(days=1), timedelta(minutes=46))
+    remote.put_lock("writer", stale)
+    caplog.set_level(logging.WARNING, logger="catalog.lock")
+    with remote_writer_lock(remote, "snapshot") as held:
+        assert json.loads(remote.read_lock("writer") or b"{}")["token"] == held.token
+    assert "removing the stale writer lock of pid 4242 on backup02 (prune, since" in caplog.text
+    assert "more than 45 minutes ago" in caplog.text
+    assert remote.read_lock("writer") is None
+    remote.put_lock("writer", stale)
+    removed = break_remote_lock(remote)
+    assert removed is not None and removed.host == "backup02" and remote.read_lock("writer") is None
+
+
+def test_a_refresh_never_overwrites_a_lock_another_writer_took_in_the_store(remote: S3Remote) -> None:
+    other = other_host_writer_lock(timedelta(0), timedelta(0))
+    with remote_writer_lock(remote, "snapshot", heartbeat_s=3600) as held:
+        remote.put_lock("writer", other)  # a writer on backup02 took it over
+        held.refresh()
+        assert remote.read_lock("writer") == other
+        with pytest.raises(LockLost, match="pid 4242 on backup02"):
+            held.check()
+    assert remote.read_lock("writer") == other, "releasing leaves the other writer's lock alone"
+
+
+def test_a_snapshot_whose_lock_in_the_store_was_taken_over_commits_nothing(s3_repo: S3Access, datastore: Path) -> None:
+    other = other_host_writer_lock(timedelta(0), timedelta(0))
+    taken: list[bool] = []
+
+    def event(kind: str, _data: dict) -> None:
+        if kind == "volume" and not taken:  # a volume done: the snapshot is well under way
+            s3_repo.remote.put_lock("writer", other)
+            taken.append(True)
+
+    repo = open_repository(s3_repo)
+    try:
+        with pytest.raises(LockLost, match="pid 4242 on backup02") as err, repo.writing("snapshot"):
+            snapshot(repo, [Source("ds1", LocalTransport(datastore))], event=event)
+        assert not repo.index.snapshot_ids()
+    finally:
+        repo.close()
+    assert taken and err.value.exit_code == 3
+    assert list(s3_repo.remote.list_documents()) == [], "no document was put"
+    assert s3_repo.remote.read_lock("writer") == other, "the other writer keeps its lock"
+    assert not (s3_repo.root / "locks" / "writer").exists(), "this host's cache lock is released"
 
 
 # -- the pack cache ----------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from catalog.errors import Error
-from catalog.lock import read_lock
+from catalog.lock import STALE_AFTER_S, read_lock
 from catalog.remote import WRITER, parse_lock
 from catalog.repo import read_config
 from toolkit.config import (
@@ -65,6 +65,12 @@ LIST_LIMIT_FILES: Final = 20_000  # a datastore's listing stops here: enough to 
 KEYSCAN_TYPES: Final = {"ssh-rsa": "rsa", "ssh-ed25519": "ed25519", "ssh-dss": "dsa"}  # else ecdsa
 
 Status = Literal["ok", "warn", "fail"]
+
+LOCK_HINT: Final = (
+    "a job is running; a lock left by a job that died is taken over by the next job (at once on the same host, "
+    f"{STALE_AFTER_S / 60:.0f} minutes after its last refresh from another); once sure it is gone: "
+    "toolkit unlock --force"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -898,7 +904,7 @@ def check_repository(path: Path | None, *, allow_other_owner: bool = False) -> l
             target,
             "warn",
             f"writable; locked by {who}; {free} free",
-            "a job is running; if its process died on another host: toolkit unlock --older-than HOURS",
+            LOCK_HINT,
         )
     ]
 
@@ -929,7 +935,7 @@ def check_remote_repository(url: str) -> CheckRow:
         url,
         "warn",
         f"readable and writable; locked by {who}",
-        "a job is running; if its process died: toolkit unlock --older-than HOURS",
+        LOCK_HINT,
     )
 
 
