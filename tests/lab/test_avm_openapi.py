@@ -29,6 +29,7 @@ from openapi_core.validation.response.exceptions import DataValidationError
 
 from toolkit.avm import AvmClient
 from toolkit.lab.avm_sim import AvmSimulator
+from toolkit.lab.avm_sim.model import Volume
 from toolkit.ops.switch import switch
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
@@ -544,9 +545,10 @@ def test_the_clients_assignment_round_trip_gets_documented_answers(
         assert ("GET", "/cv_api/appstacks/{id}/assignments") in contract.covered_operations()
 
 
-@pytest.mark.parametrize("flavour", ["2.x", "4.x"])
-def test_the_switch_gets_documented_answers(start_avm: Callable[..., AvmSimulator], flavour: str) -> None:
-    """toolkit switch's calls (assign, unassign or delete, the marker) all get answers the documents describe."""
+def editors(
+    start_avm: Callable[..., AvmSimulator], flavour: str
+) -> tuple[AvmSimulator, AvmClient, Contract, Volume, Volume]:
+    """A manager with "Editor 1" and "Editor 1 restored" (not CURRENT on 4.x) and a logged-in checked client."""
     sim = start_avm(flavour)
     client, contract = checked_client(sim, flavour)
     client.login()
@@ -554,6 +556,13 @@ def test_the_switch_gets_documented_answers(start_avm: Callable[..., AvmSimulato
     product = {"product": "Editor"} if flavour == "4.x" else {}
     damaged = sim.admin_create_volume(kind, "Editor 1", **product)
     restored = sim.admin_create_volume(kind, "Editor 1 restored", **product, **({"current": False} if product else {}))
+    return sim, client, contract, damaged, restored
+
+
+@pytest.mark.parametrize("flavour", ["2.x", "4.x"])
+def test_the_switch_gets_documented_answers(start_avm: Callable[..., AvmSimulator], flavour: str) -> None:
+    """toolkit switch's calls (assign, unassign or delete, the marker) all get answers the documents describe."""
+    sim, client, contract, damaged, restored = editors(start_avm, flavour)
     group = {"entity_type": "Group", "path": "CN=Designers,OU=Groups,DC=lab,DC=example"}
     user = {"entity_type": "User", "path": "CN=jdoe,OU=Users,DC=lab,DC=example"}
     if flavour == "2.x":
@@ -586,13 +595,7 @@ def test_a_refused_removal_during_the_switch_gets_documented_answers(
     start_avm: Callable[..., AvmSimulator], flavour: str
 ) -> None:
     """The manager refuses to take the user's assignment off FROM: its error answer is the documented one."""
-    sim = start_avm(flavour)
-    client, contract = checked_client(sim, flavour)
-    client.login()
-    kind = "appstack" if flavour == "2.x" else "package"
-    product = {"product": "Editor"} if flavour == "4.x" else {}
-    damaged = sim.admin_create_volume(kind, "Editor 1", **product)
-    sim.admin_create_volume(kind, "Editor 1 restored", **product, **({"current": False} if product else {}))
+    sim, client, contract, damaged, _restored = editors(start_avm, flavour)
     user = {"entity_type": "User", "path": "CN=jdoe,OU=Users,DC=lab,DC=example"}
     if flavour == "2.x":
         body = {"action_type": "assign", "id": damaged.id, "assignments": [user], "mount_prefix": ""}

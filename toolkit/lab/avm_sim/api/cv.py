@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from toolkit.lab.avm_sim import render, vmdk
 from toolkit.lab.avm_sim.api import shared
-from toolkit.lab.avm_sim.model import OPERATING_SYSTEMS, Assignment, Volume
+from toolkit.lab.avm_sim.model import OPERATING_SYSTEMS, Assignment, Entity, Volume
 from toolkit.lab.avm_sim.server import Request, Response, Route, error
 
 if TYPE_CHECKING:
@@ -143,24 +144,28 @@ def assign(sim: AvmSimulator, req: Request) -> Response:
     return Response.json(200, body)
 
 
-def _refused_saves(sim: AvmSimulator, action: str, ids: list[int], entities: list[dict[str, Any]]) -> list[str]:
-    """The vendor's "Unable to save assignment of …" lines for entities the manager is made to refuse."""
+def _appstack_entities(
+    sim: AvmSimulator, ids: list[int], entities: list[dict[str, Any]]
+) -> Iterator[tuple[Volume, Entity]]:
+    """(AppStack, entity) for each AppStack id and each entity of an assignment request."""
     state = sim.state
-    if action != "assign" or not state.refused_entities:
-        return []
-    out = []
     for volume_id in ids:
         volume = state.volumes.get(volume_id)
         if volume is None or volume.kind != "appstack":
             continue
         for doc in entities:
-            entity = state.entity_for(str(doc.get("entity_type") or "User"), str(doc.get("path") or doc["id"]))
-            if entity.distinguished_name.lower() in state.refused_entities:
-                out.append(
-                    f'Unable to save assignment of "{entity.entity_type} <{entity.upn(sim.settings.domain)}>" '
-                    f'to "{volume.name}"'
-                )
-    return out
+            yield volume, state.entity_for(str(doc.get("entity_type") or "User"), str(doc.get("path") or doc["id"]))
+
+
+def _refused_saves(sim: AvmSimulator, action: str, ids: list[int], entities: list[dict[str, Any]]) -> list[str]:
+    """The vendor's "Unable to save assignment of …" lines for entities the manager is made to refuse."""
+    if action != "assign" or not sim.state.refused_entities:
+        return []
+    return [
+        f'Unable to save assignment of "{entity.entity_type} <{entity.upn(sim.settings.domain)}>" to "{volume.name}"'
+        for volume, entity in _appstack_entities(sim, ids, entities)
+        if entity.distinguished_name.lower() in sim.state.refused_entities
+    ]
 
 
 def _refused_removals(sim: AvmSimulator, action: str, ids: list[int], entities: list[dict[str, Any]]) -> list[str]:
@@ -168,20 +173,13 @@ def _refused_removals(sim: AvmSimulator, action: str, ids: list[int], entities: 
     state = sim.state
     if action != "unassign" or not state.refused_removals:
         return []
-    out = []
-    for volume_id in ids:
-        volume = state.volumes.get(volume_id)
-        if volume is None or volume.kind != "appstack":
-            continue
-        for doc in entities:
-            entity = state.entity_for(str(doc.get("entity_type") or "User"), str(doc.get("path") or doc["id"]))
-            assigned = any(a.entity is entity for a in state.assignments_of(volume.id))
-            if assigned and state.removal_refused([entity], volume.id):
-                out.append(
-                    f'Unable to remove assignment of "{entity.entity_type} <{entity.upn(sim.settings.domain)}>" '
-                    f'from "{volume.name}"'
-                )
-    return out
+    return [
+        f'Unable to remove assignment of "{entity.entity_type} <{entity.upn(sim.settings.domain)}>" '
+        f'from "{volume.name}"'
+        for volume, entity in _appstack_entities(sim, ids, entities)
+        if any(a.entity is entity for a in state.assignments_of(volume.id))
+        and state.removal_refused([entity], volume.id)
+    ]
 
 
 def _apply_assignments(
