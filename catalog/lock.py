@@ -15,6 +15,13 @@ no ``refreshed``), as restic does. A lock whose time cannot be read is removed o
 A holder that stalled long enough to lose its lock must not commit: before every commit it calls
 :meth:`HeldLock.check`, which reads the lock and raises :class:`catalog.errors.LockLost` unless
 it still holds the holder's token.
+
+Readers (verify, restore, listings) take no lock; each announces itself as ``locks/reader-<random>``
+so that prune keeps the packs under it (:class:`ReaderAnnouncement`, in a directory or an object
+store). The announcement holds the same JSON (an empty ``token``) and is written again every
+:data:`HEARTBEAT_S` while the reader runs; whoever lists the readers removes those whose reader is
+gone (:func:`judge_readers`): by the rules above in a directory, and in an object store also an
+announcement of this host not refreshed in time.
 """
 
 from __future__ import annotations
@@ -28,13 +35,13 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from catalog.errors import Locked, LockLost, StoreFull
+from catalog.errors import Error, Locked, LockLost, StoreFull
 from catalog.store import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,9 @@ MAX_CLOCK_SKEW_S: Final = 15 * 60.0
 # cut off): the worst skew between two hosts (2 x 15 min) plus three missed refreshes (15 min), which also covers
 # a refresh slowed by the store's retries. 45 minutes.
 STALE_AFTER_S: Final = 2 * MAX_CLOCK_SKEW_S + 3 * HEARTBEAT_S
+# A withdrawing reader waits this long for a refresh in flight; a refresh that lands later removes what it wrote.
+WITHDRAW_WAIT_S: Final = 10.0
+READER_PREFIX: Final = "reader-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,23 +126,25 @@ def refreshed_at(data: bytes, held: LockInfo) -> datetime | None:
     return at if at.tzinfo is not None else None  # a time without a zone could be any host's local time
 
 
-def stale_reason(data: bytes, held: LockInfo, now: datetime, stale_after_s: float) -> str | None:
-    """Why a writer lock belongs to a holder that is gone, or None while the holder may still run.
+def stale_reason(
+    data: bytes, held: LockInfo, now: datetime, stale_after_s: float, *, what: str = "writer", any_host: bool = False
+) -> str | None:
+    """Why a writer lock (or a ``what``'s announcement) belongs to a process that is gone, or None while it may run.
 
-    Gone: it ran on this host and its process no longer exists, or it ran on another host and the
-    lock was not refreshed for ``stale_after_s`` by ``now`` (this host's clock). A lock of this host
-    whose process still runs is never stale.
+    Gone: it ran on this host and its process no longer exists, or it ran on another host (on any
+    host with ``any_host``) and was not refreshed for ``stale_after_s`` by ``now`` (this host's
+    clock). Without ``any_host`` one of this host whose process still runs is never stale.
     """
     if held.is_stale_here:
         return "its process is no longer running"
-    if held.host == socket.gethostname():
+    if held.host == socket.gethostname() and not any_host:
         return None
     at = refreshed_at(data, held)
     if at is None or (now - at).total_seconds() <= stale_after_s:
         return None
     return (
         f"not refreshed since {at.isoformat(timespec='seconds')}, more than {stale_after_s / 60:.0f} minutes ago, "
-        "so that writer is gone"
+        f"so that {what} is gone"
     )
 
 
@@ -295,7 +307,7 @@ class DirectoryLock(HeldLock):
         return _read_bytes(lock_path(self.root))
 
     def _replace_if_ours(self, data: bytes) -> bool:
-        draft = write_draft(self.root, data)
+        draft = write_draft(self.root, data, lock_path(self.root))
         try:
             if lock_token(self._read()) != self.token:
                 return False
@@ -309,19 +321,21 @@ class DirectoryLock(HeldLock):
         lock_path(self.root).unlink(missing_ok=True)
 
 
-def write_draft(root: Path, data: bytes) -> Path:
-    """``data`` in a new private file beside the lock, synced: what is linked or renamed into place."""
-    draft = root / "locks" / f".writer.{uuid.uuid4().hex}"
+def write_draft(root: Path, data: bytes, target: Path, *, sync: bool = True) -> Path:
+    """``data`` in a new private file beside ``target`` (under ``locks/``), synced unless ``sync`` is false:
+    what is linked or renamed into place."""
+    draft = root / "locks" / f".{target.name}.{uuid.uuid4().hex}"
     try:
         fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
     except OSError as exc:
         draft.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreFull(path=lock_path(root)) from exc
+            raise StoreFull(path=target) from exc
         raise
     return draft
 
@@ -334,7 +348,7 @@ def writer_lock(
     (:data:`HEARTBEAT_S`); a lock of another host not refreshed for ``stale_after_s`` (:data:`STALE_AFTER_S`)
     is taken over."""
     held = DirectoryLock(root, lock_info(command), *timings(heartbeat_s, stale_after_s))
-    draft = write_draft(root, held.data())
+    draft = write_draft(root, held.data(), lock_path(root))
     try:
         _take(root, lock_path(root), draft, held)
     finally:
@@ -368,11 +382,12 @@ def _take(root: Path, path: Path, draft: Path, me: HeldLock) -> None:
     raise Locked(owner=held.owner, pid=held.pid, host=held.host, since=held.since)
 
 
-def warn_stale(held: LockInfo, data: bytes, why: str) -> None:
-    """Say whose stale writer lock is being removed, and why."""
+def warn_stale(held: LockInfo, data: bytes, why: str, what: str = "stale writer lock") -> None:
+    """Say whose stale writer lock (or ``what``) is being removed, and why."""
     at = refreshed_at(data, held)
     log.warning(
-        "removing the stale writer lock of pid %s on %s (%s, since %s, last refreshed %s): %s",
+        "removing the %s of pid %s on %s (%s, since %s, last refreshed %s): %s",
+        what,
         held.pid,
         held.host,
         held.command,
@@ -418,42 +433,189 @@ def break_lock(
     return held
 
 
-def register_reader(root: Path, command: str) -> Path | None:
+# -- readers ------------------------------------------------------------------------------------------------
+
+
+def reader_data(info: LockInfo, refreshed: str) -> bytes:
+    """A reader's announcement as written: the reader, an empty ``token`` and when it was last written."""
+    return json.dumps(asdict(info) | {"token": "", "refreshed": refreshed}, sort_keys=True).encode() + b"\n"
+
+
+class ReaderAnnouncement:
+    """A reader's ``locks/reader-<random>``, written again every ``heartbeat_s`` on a daemon thread until
+    :meth:`withdraw`.
+
+    The thread ends with the process, so an announcement a dead reader leaves stops being refreshed
+    and :func:`judge_readers` removes it once it is ``stale_after_s`` old. A refresh that fails is
+    logged and never reaches the command. A refresh still writing when the reader withdraws removes
+    what it wrote once it lands. Subclasses say where the announcement is kept.
+    """
+
+    def __init__(
+        self, name: str, where: str, holder: LockInfo, heartbeat_s: float, stale_after_s: float, withdraw_wait_s: float
+    ) -> None:
+        self.name = name
+        self.where = where
+        self.holder = holder
+        self.heartbeat_s = heartbeat_s
+        self.stale_after_s = stale_after_s
+        self.withdraw_wait_s = withdraw_wait_s
+        self._stop = threading.Event()
+        self._mutex = threading.Lock()
+        self._withdrawn = False
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{name}", daemon=True)
+
+    # -- where the announcement is kept -----------------------------------------------------------------------
+
+    def _put(self, data: bytes) -> None:
+        """Write ``data`` as the announcement, whole (a new one, or over the one there)."""
+        raise NotImplementedError
+
+    def _remove(self) -> None:
+        """Remove the announcement; no error when it is gone already."""
+        raise NotImplementedError
+
+    # -- the reader's side ------------------------------------------------------------------------------------
+
+    def announce(self) -> bool:
+        """Write the announcement and start refreshing it; False (nothing started) when it cannot be written."""
+        try:
+            self._put(reader_data(self.holder, self.holder.since))
+        except (Error, OSError) as exc:
+            log.info("could not announce this reader as %s: %s", self.where, exc)
+            return False
+        self._thread.start()
+        return True
+
+    def _is_withdrawn(self) -> bool:
+        with self._mutex:
+            return self._withdrawn
+
+    def refresh(self, now: datetime | None = None) -> None:
+        """Write the announcement again with ``refreshed`` = ``now``; a failure is logged, never raised."""
+        if self._is_withdrawn():
+            return
+        try:
+            self._put(reader_data(self.holder, _now_iso(now)))
+        except Exception as exc:  # noqa: BLE001 (a daemon thread with nothing above it: the command goes on)
+            log.warning(
+                "could not refresh the reader announcement %s: %s; a prune elsewhere ignores it once it is %.0f "
+                "minutes old",
+                self.where,
+                exc,
+                self.stale_after_s / 60,
+            )
+        if self._is_withdrawn():  # withdrawn while this refresh was writing: what it wrote must not stay
+            self._delete()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            self.refresh()
+
+    def _delete(self) -> None:
+        try:
+            self._remove()
+        except (Error, OSError) as exc:
+            log.warning("could not remove the reader announcement %s: %s", self.where, exc)
+
+    def withdraw(self) -> None:
+        """Stop the refreshes, then remove the announcement.
+
+        A refresh in flight is waited for up to ``withdraw_wait_s``; one still writing after that
+        removes the announcement again once its write lands.
+        """
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(self.withdraw_wait_s)
+        with self._mutex:
+            self._withdrawn = True
+        self._delete()
+
+
+class DirectoryReader(ReaderAnnouncement):
+    """``locks/reader-<random>`` of a directory repository, written as a draft renamed into place.
+
+    Not synced: an announcement need not outlive a power loss, which ends its reader too (and a torn
+    file left by one is judged as a dead reader's); an fsync would cost every command a disk flush.
+    """
+
+    def __init__(self, root: Path, holder: LockInfo, heartbeat_s: float, stale_after_s: float) -> None:
+        name = f"{READER_PREFIX}{uuid.uuid4().hex}"
+        self.root = root
+        self.path = root / "locks" / name
+        super().__init__(name, str(self.path), holder, heartbeat_s, stale_after_s, WITHDRAW_WAIT_S)
+
+    def _put(self, data: bytes) -> None:
+        draft = write_draft(self.root, data, self.path, sync=False)
+        try:
+            draft.replace(self.path)  # atomic: a prune reads the old announcement or the new one, never a torn one
+        finally:
+            draft.unlink(missing_ok=True)
+
+    def _remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def register_reader(
+    root: Path, command: str, *, heartbeat_s: float | None = None, stale_after_s: float | None = None
+) -> DirectoryReader | None:
     """Announce a reader (verify, restore, listings) so prune does not delete packs under it.
 
-    Returns the reader file to remove when done, or None when the repository is
-    read-only to us (a reader that cannot announce itself still works).
+    The announcement is written again every ``heartbeat_s`` (:data:`HEARTBEAT_S`) until it is
+    withdrawn (:meth:`ReaderAnnouncement.withdraw`). None when the repository is read-only to us
+    (a reader that cannot announce itself still works).
     """
-    me = lock_info(command)
-    path = root / "locks" / f"reader-{uuid.uuid4().hex}"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(me), f)
-    except OSError:
-        path.unlink(missing_ok=True)
-        return None
-    return path
+    reader = DirectoryReader(root, lock_info(command), *timings(heartbeat_s, stale_after_s))
+    return reader if reader.announce() else None
 
 
-def live_readers(root: Path) -> list[LockInfo]:
-    """Readers other than this process; stale reader files (a dead process on this host) are removed."""
+def judge_readers(
+    names: Iterable[str],
+    read: Callable[[str], bytes | None],
+    remove: Callable[[str], None],
+    *,
+    now: datetime,
+    stale_after_s: float,
+    any_host: bool = False,
+) -> list[LockInfo]:
+    """The readers other than this process among the announcements ``names``; those of dead readers are removed.
+
+    Dead (:func:`stale_reason`): its process is gone from this host, or it was not refreshed for
+    ``stale_after_s`` by ``now`` and ran on another host (any host with ``any_host``). One judged
+    dead by its time is read again first and removed, with a warning, only if unchanged.
+    """
     out = []
-    for path in (root / "locks").glob("reader-*"):
-        try:
-            data = json.loads(path.read_text())
-            held = LockInfo(
-                str(data["owner"]), int(data["pid"]), str(data["host"]), str(data["command"]), str(data["since"])
-            )
-        except FileNotFoundError:
-            continue
-        except (ValueError, KeyError, TypeError):
-            path.unlink(missing_ok=True)
-            continue
+    for name in names:
+        data = read(name)
+        if data is None:
+            continue  # withdrawn meanwhile
+        held = parse_lock(data)  # one that does not parse (torn) is taken for a dead reader of this host
         if held.pid == os.getpid() and held.host == socket.gethostname():
             continue
-        if held.is_stale_here:
-            path.unlink(missing_ok=True)
+        why = stale_reason(data, held, now, stale_after_s, what="reader", any_host=any_host)
+        if why is None:
+            out.append(held)
             continue
-        out.append(held)
+        if not held.is_stale_here:
+            current = read(name)  # a reader cut off for that long may have come back meanwhile
+            if current is None:
+                continue  # removed meanwhile (by a prune elsewhere)
+            if current != data:
+                out.append(held)
+                continue
+            warn_stale(held, data, why, "reader announcement")
+        remove(name)
     return out
+
+
+def live_readers(root: Path, *, now: datetime | None = None, stale_after_s: float | None = None) -> list[LockInfo]:
+    """Readers of a directory repository other than this process; reader files of dead readers are removed
+    (:func:`judge_readers`, another host's once not refreshed for ``stale_after_s``, :data:`STALE_AFTER_S`)."""
+    locks = root / "locks"
+    return judge_readers(
+        sorted(p.name for p in locks.glob(f"{READER_PREFIX}*")),
+        lambda name: _read_bytes(locks / name),
+        lambda name: (locks / name).unlink(missing_ok=True),
+        now=now or datetime.now(UTC),
+        stale_after_s=timings(None, stale_after_s)[1],
+    )

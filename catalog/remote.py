@@ -19,9 +19,10 @@ are copies: the cache is disposable, and the object store is the truth.
   one of two racing writers wins), holding the directory lock's JSON (with its random token);
   its holder writes it again every :data:`catalog.lock.HEARTBEAT_S` while it still holds its
   token, and stale writer locks are judged as for a directory (:func:`catalog.lock.stale_reason`).
-  Readers announce themselves as ``locks/reader-<random>`` and a daemon thread writes the
-  announcement again every :data:`READER_HEARTBEAT_S` with the time in ``refreshed``; one not
-  refreshed for :data:`READER_STALE_S` belongs to a reader that died, on any host, and is removed.
+  Readers announce themselves as ``locks/reader-<random>`` (:class:`catalog.lock.ReaderAnnouncement`)
+  and a daemon thread writes the announcement again every :data:`READER_HEARTBEAT_S` with the time
+  in ``refreshed``; one not refreshed for :data:`READER_STALE_S` belongs to a reader that died, on
+  any host, and is removed (:func:`catalog.lock.judge_readers`).
 - Object Lock: packs and documents may carry a retention; a delete the store refuses for it
   raises :class:`Retained`, and a dropped snapshot whose document cannot go yet is marked
   ``forgotten/<snapshot_id>`` so no cache indexes it again and the next prune retries.
@@ -31,18 +32,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import re
-import socket
 import sqlite3
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
@@ -53,13 +52,16 @@ from catalog import pack
 from catalog.errors import Error, Locked, PackCorrupt, SnapshotDocumentCorrupt
 from catalog.lock import (
     HEARTBEAT_S,
+    READER_PREFIX,
     STALE_AFTER_S,
+    WITHDRAW_WAIT_S,
     HeldLock,
     LockInfo,
+    ReaderAnnouncement,
     breakable,
+    judge_readers,
     lock_info,
     lock_token,
-    refreshed_at,
     stale_reason,
     timings,
     warn_stale,
@@ -81,7 +83,6 @@ HASH_BLOCK_BYTES: Final = 1 << 20
 STALE_PARTIAL_S: Final = 24 * 3600.0  # an unfinished download older than this belongs to no running process
 FETCH_DIR: Final = "fetch"  # packs downloaded for verification (not tmp/, which a starting writer empties)
 WRITER: Final = "writer"
-READER_PREFIX: Final = "reader-"
 # A reader writes its announcement again this often (tests make it tiny), as a writer its lock: one small PUT
 # every five minutes (catalog.lock.HEARTBEAT_S, which says why).
 READER_HEARTBEAT_S: Final = HEARTBEAT_S
@@ -90,7 +91,7 @@ READER_HEARTBEAT_S: Final = HEARTBEAT_S
 # (catalog.lock.STALE_AFTER_S, which says why).
 READER_STALE_S: Final = STALE_AFTER_S
 # Withdrawing waits this long for a refresh in flight; a refresh that lands later removes the object itself.
-READER_WITHDRAW_WAIT_S: Final = 10.0
+READER_WITHDRAW_WAIT_S: Final = WITHDRAW_WAIT_S
 PACK_NAME: Final = re.compile(r"[0-9a-f]{32}")
 SNAPSHOT_NAME: Final = re.compile(r"[0-9a-f]{64}")
 
@@ -264,70 +265,21 @@ def break_remote_lock(
     return held
 
 
-def _reader_data(info: LockInfo, refreshed: str) -> bytes:
-    return json.dumps(asdict(info) | {"token": "", "refreshed": refreshed}, sort_keys=True).encode() + b"\n"
+class RemoteReader(ReaderAnnouncement):
+    """A reader's ``locks/reader-<random>`` in an object store (:class:`catalog.lock.ReaderAnnouncement`)."""
 
-
-reader_refreshed_at = refreshed_at  # an announcement ages as a lock does (catalog.lock.refreshed_at)
-
-
-class ReaderAnnouncement:
-    """This process's ``locks/reader-<random>``, written again every ``interval_s`` until :meth:`withdraw`.
-
-    The refreshes run in a daemon thread, which ends with the process: an announcement a dead
-    process leaves stops being refreshed, and :func:`remote_readers` removes it once it is
-    :data:`READER_STALE_S` old. A refresh that fails is logged and never reaches the command.
-    """
-
-    def __init__(self, remote: Remote, name: str, holder: LockInfo, interval_s: float) -> None:
+    def __init__(self, remote: Remote, holder: LockInfo) -> None:
+        name = f"{READER_PREFIX}{uuid.uuid4().hex}"
+        super().__init__(
+            name, f"{remote.url}/locks/{name}", holder, READER_HEARTBEAT_S, READER_STALE_S, READER_WITHDRAW_WAIT_S
+        )
         self.remote = remote
-        self.name = name
-        self.holder = holder
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._withdrawn = False  # withdraw() removed the object (perhaps before a refresh in flight landed)
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{name}", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+    def _put(self, data: bytes) -> None:
+        self.remote.put_lock(self.name, data)
 
-    def refresh(self) -> None:
-        """Write the announcement again with the time now; a failure is logged, never raised."""
-        try:
-            self.remote.put_lock(self.name, _reader_data(self.holder, _now_iso()))
-        except Exception as exc:  # noqa: BLE001 (a daemon thread with nothing above it: the command goes on)
-            log.warning(
-                "could not refresh the reader announcement %s in %s: %s; a prune elsewhere ignores it once it "
-                "is %.0f minutes old",
-                self.name,
-                self.remote.url,
-                exc,
-                READER_STALE_S / 60,
-            )
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.refresh()
-        with self._lock:
-            late = self._withdrawn
-        if late:  # withdraw() gave up waiting and removed the object before this refresh put it back
-            self._delete()
-
-    def _delete(self) -> None:
-        try:
-            self.remote.delete_lock(self.name)
-        except Error as exc:
-            log.warning("could not remove the reader announcement %s from %s: %s", self.name, self.remote.url, exc)
-
-    def withdraw(self) -> None:
-        """Stop the refreshes, then remove the announcement."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(READER_WITHDRAW_WAIT_S)
-        with self._lock:
-            self._withdrawn = True
-        self._delete()
+    def _remove(self) -> None:
+        self.remote.delete_lock(self.name)
 
 
 def announce_reader(remote: Remote, command: str) -> ReaderAnnouncement | None:
@@ -336,16 +288,8 @@ def announce_reader(remote: Remote, command: str) -> ReaderAnnouncement | None:
     The announcement is refreshed every :data:`READER_HEARTBEAT_S` until :func:`withdraw_reader`.
     A reader whose credentials may only read still works; it is just not announced.
     """
-    me = lock_info(command)
-    name = f"{READER_PREFIX}{uuid.uuid4().hex}"
-    try:
-        remote.put_lock(name, _reader_data(me, me.since))
-    except Error as exc:
-        log.info("could not announce this reader in %s: %s", remote.url, exc)
-        return None
-    announcement = ReaderAnnouncement(remote, name, me, READER_HEARTBEAT_S)
-    announcement.start()
-    return announcement
+    announcement = RemoteReader(remote, lock_info(command))
+    return announcement if announcement.announce() else None
 
 
 def withdraw_reader(remote: Remote, announcement: ReaderAnnouncement) -> None:
@@ -359,42 +303,14 @@ def remote_readers(remote: Remote, *, now: datetime | None = None) -> list[LockI
     A reader is dead when it ran on this host and its process is gone, or (on any host) when its
     announcement was not refreshed for :data:`READER_STALE_S` by the clock of this host.
     """
-    now = now or datetime.now(UTC)
-    out = []
-    for name in remote.list_locks():
-        if not name.startswith(READER_PREFIX):
-            continue
-        data = remote.read_lock(name)
-        if data is None:
-            continue
-        held = parse_lock(data)
-        if held.pid == os.getpid() and held.host == socket.gethostname():
-            continue
-        if held.is_stale_here:
-            remote.delete_lock(name)
-            continue
-        refreshed = reader_refreshed_at(data, held)
-        if refreshed is not None and (now - refreshed).total_seconds() > READER_STALE_S:
-            current = remote.read_lock(name)  # a reader cut off for that long may have come back meanwhile
-            if current is None:
-                continue  # removed meanwhile (by a prune elsewhere)
-            if current != data:
-                out.append(held)
-                continue
-            log.warning(
-                "removing the reader announcement of pid %s on %s (%s, since %s): not refreshed since %s, "
-                "more than %.0f minutes ago, so that reader is gone",
-                held.pid,
-                held.host,
-                held.command,
-                held.since,
-                refreshed.isoformat(timespec="seconds"),
-                READER_STALE_S / 60,
-            )
-            remote.delete_lock(name)
-            continue
-        out.append(held)
-    return out
+    return judge_readers(
+        [name for name in remote.list_locks() if name.startswith(READER_PREFIX)],
+        remote.read_lock,
+        remote.delete_lock,
+        now=now or datetime.now(UTC),
+        stale_after_s=READER_STALE_S,
+        any_host=True,
+    )
 
 
 # -- the pack cache -----------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ from catalog.keys import (
     keys_path,
     unlocked_keys,
 )
-from catalog.lock import HeldLock, LockInfo, live_readers, register_reader, writer_lock
+from catalog.lock import HeldLock, LockInfo, ReaderAnnouncement, live_readers, register_reader, writer_lock
 from catalog.remote import (
     DEFAULT_CACHE_BYTES,
     UPLOADS_IN_FLIGHT,
@@ -73,7 +73,6 @@ from catalog.remote import (
     remote_writer_lock,
     retry_forgotten,
     sync_documents,
-    withdraw_reader,
 )
 from catalog.store import DEFAULT_PACK_TARGET_BYTES, DEFAULT_ZSTD_LEVEL, PackReader, PackWriter, pack_path
 from catalog.store import write_atomic as write_atomic  # it lived here first; callers still import it from here
@@ -205,8 +204,9 @@ class Repository:
         self.reader = PackReader(root, self.keys, self.cache.pread if self.cache is not None else None)
         self._writer_locks: list[HeldLock] = []  # held within writing()
         # Announced before the catalog is read, so a prune running meanwhile keeps the packs it may read.
-        self._reader_file = register_reader(root, command) if remote is None else None
-        self._remote_reader = announce_reader(remote, command) if remote is not None else None
+        self._announcement: ReaderAnnouncement | None = (
+            register_reader(root, command) if remote is None else announce_reader(remote, command)
+        )
 
     # -- opening ----------------------------------------------------------
 
@@ -303,12 +303,9 @@ class Repository:
     def close(self) -> None:
         self.reader.close()
         self.index.close()
-        if self._reader_file is not None:
-            self._reader_file.unlink(missing_ok=True)
-            self._reader_file = None
-        if self._remote_reader is not None and self.remote is not None:
-            withdraw_reader(self.remote, self._remote_reader)
-            self._remote_reader = None
+        if self._announcement is not None:
+            self._announcement.withdraw()  # stops its refreshes, then removes it
+            self._announcement = None
 
     @property
     def location(self) -> str:
@@ -343,7 +340,7 @@ class Repository:
             held.check()
 
     def readers(self) -> list[LockInfo]:
-        """Readers announced by other processes (stale announcements of this host are removed)."""
+        """Readers announced by other processes (announcements of readers that are gone are removed)."""
         return remote_readers(self.remote) if self.remote is not None else live_readers(self.root)
 
     def pack_writer(

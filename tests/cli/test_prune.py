@@ -1,11 +1,16 @@
-"""prune: retention, protection of deleted volumes, space actually freed, repository still sound."""
+"""prune: retention, protection of deleted volumes, space actually freed, repository still sound, readers."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
+from catalog.prune import ReadersActive
 from toolkit.lab.corpus import make_volume
 
 from ..conftest import Toolkit
@@ -68,3 +73,50 @@ def test_prune_needs_a_policy(toolkit: Toolkit, tmp_path: Path) -> None:
     r = toolkit("prune")
     assert r.exit_code == 2
     assert "keeps no snapshot" in r.stderr
+
+
+def other_host_reader(toolkit: Toolkit, since: timedelta, refreshed: timedelta | None) -> Path:
+    """A reader file as a restore on another host writes it, ``since`` and ``refreshed`` ago (None: without
+    ``refreshed``, as written before reader files were refreshed); its path."""
+    now = datetime.now(UTC)
+    info: dict[str, object] = {"owner": "backup", "pid": 4343, "host": "restore-host", "command": "restore"}
+    info["since"] = (now - since).isoformat()
+    if refreshed is not None:
+        info |= {"token": "", "refreshed": (now - refreshed).isoformat()}
+    path = toolkit.repo / "locks" / f"reader-{'7e' * 16}"
+    path.write_text(json.dumps(info))
+    return path
+
+
+@pytest.mark.parametrize("field", ["refreshed", "since"])
+def test_a_reader_of_another_host_blocks_prune_until_its_file_is_no_longer_refreshed(
+    toolkit: Toolkit, tmp_path: Path, field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restore on another host sharing the directory (NFS) blocks prune while it refreshes its reader file;
+    once that host died the file goes stale, and the next prune removes it, says whose it was, and runs. A file
+    without ``refreshed`` (an older toolkit's) ages from ``since``."""
+    root = tmp_path / "ds1"
+    make_volume(root, "cloudvolumes/apps/Keep.vmdk", size_mib=4, seed=1, real=False)
+    toolkit("init")
+    for _ in range(2):
+        assert toolkit("snapshot", "--rehash", str(root)).exit_code == 0
+    first, second = (s["id"] for s in toolkit.json("snapshots")["snapshots"])
+    recent, old = timedelta(minutes=5), timedelta(minutes=50)  # the limit is 45 minutes
+    age = {"refreshed": (timedelta(days=3), recent), "since": (recent, None)}[field]
+    reader = other_host_reader(toolkit, *age)
+    r = toolkit("prune", "--keep-last", "1")
+    assert r.exit_code == ReadersActive.exit_code == 3, r.stdout + r.stderr
+    assert "restore pid 4343 on restore-host" in r.stderr
+    assert reader.exists() and len(toolkit.json("snapshots")["snapshots"]) == 2
+
+    age = {"refreshed": (timedelta(days=3), old), "since": (old, None)}[field]
+    reader = other_host_reader(toolkit, *age)
+    caplog.set_level(logging.WARNING, logger="catalog.lock")
+    r = toolkit("prune", "--keep-last", "1", json_out=True)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["removed"] == [first]
+    assert not reader.exists() and not list((toolkit.repo / "locks").iterdir()), "prune's own files are gone too"
+    assert "removing the reader announcement of pid 4343 on restore-host (restore, since" in caplog.text
+    assert "more than 45 minutes ago, so that reader is gone" in caplog.text
+    assert [s["id"] for s in toolkit.json("snapshots")["snapshots"]] == [second]
+    assert toolkit("verify", "--read-data").exit_code == 0
