@@ -203,9 +203,49 @@ def mem_free_mib() -> int:
     return -1
 
 
-def sync() -> None:
-    """Flush dirty pages so the next timed step does not pay for the previous one."""
+def _busy_sample() -> tuple[float, float, int]:
+    """(non-idle CPU ticks, all CPU ticks, I/Os in flight on whole disks) now."""
+    with open("/proc/stat") as f:  # noqa: PTH123
+        ticks = [float(x) for x in f.readline().split()[1:]]
+    in_flight = 0
+    try:
+        with open("/proc/diskstats") as f:  # noqa: PTH123
+            for line in f:
+                parts = line.split()
+                if len(parts) > 11 and Path(f"/sys/block/{parts[2]}").exists():  # whole disks, not partitions
+                    in_flight += int(parts[11])
+    except OSError:
+        pass
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks), in_flight
+
+
+def settle(window_s: float = 0.5, busy_max: float = 0.10, limit_s: float = 30.0) -> float:
+    """Wait until the machine is quiet: two windows in a row with under 10 % CPU busy and no disk I/O in flight.
+
+    Work a previous step leaves behind (writeback, discards of deleted files, the kernel's reclaim) would
+    otherwise be charged to whichever step runs next, and a short step loses more to it than a long one.
+    Returns the seconds waited (``limit_s`` at most).
+    """
+    if not Path("/proc/stat").exists():
+        return 0.0
+    start = time.perf_counter()
+    quiet = 0
+    busy0, total0, _ = _busy_sample()
+    while quiet < 2 and time.perf_counter() - start < limit_s:
+        time.sleep(window_s)
+        busy1, total1, in_flight = _busy_sample()
+        share = (busy1 - busy0) / max(total1 - total0, 1.0)
+        quiet = quiet + 1 if share < busy_max and in_flight == 0 else 0
+        busy0, total0 = busy1, total1
+    return time.perf_counter() - start
+
+
+def sync() -> float:
+    """Flush dirty pages and wait until the machine is quiet (:func:`settle`), so the next timed step does not
+    pay for the previous one; the seconds waited for quiet."""
     os.sync()
+    return settle()
 
 
 def timed_sync() -> float:

@@ -10,8 +10,10 @@ Modes (``--modes``, comma separated, default all three):
   B again (no change), full restore of snapshot 1 (checked with ``cmp``; for the
   toolkit also that zero chunks stayed holes), then the full data check.
   Before every timed step the data it reads is read once untimed (warm page
-  cache, as in the anchors) and ``sync`` runs; after each restore a ``sync``
-  is timed on its own, so "restore" and "restore + sync" are both reported.
+  cache, as in the anchors), ``sync`` runs and the script waits until the
+  machine is quiet (no disk I/O in flight, CPU under 10 % busy for 1 s); after
+  each restore a ``sync`` is timed on its own, so "restore" and "restore + sync"
+  are both reported.
 * ``many``: 100 small volumes (``--many-volumes`` x ``--many-size-mib``): the
   time of a no-change backup for each tool.
 * ``sparse``: one volume with a 20 GiB sparse flat file holding a few MiB of
@@ -303,7 +305,7 @@ def run_sequence(tool: Tool, data: Datasets, run_dir: Path, logs: Path) -> dict[
     def step(cmd: list[str], cwd: Path | None = None, *, warmed: Path | None = None) -> Any:
         if warmed is not None:
             warm(warmed)
-        sync()
+        r.setdefault("settle_s", []).append(round(sync(), 2))  # the previous step's leftovers done first
         r.setdefault("load1", []).append(round(os.getloadavg()[0], 2))  # others' work on a shared machine
         r.setdefault("mem_free_mib", []).append(mem_free_mib())  # little free memory: each new page costs a reclaim
         return run_measured(cmd, cwd=cwd or wd, env=env, log=log)
