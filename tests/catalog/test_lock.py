@@ -22,13 +22,6 @@ from catalog.repo import Repository
 DEADLINE_S = 30.0  # a condition polled for; only a broken heartbeat ever takes this long
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
-    Repository.init(root).close()
-    return root
-
-
 def lock_json(root: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(lock_path(root).read_bytes())
     return data

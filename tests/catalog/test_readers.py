@@ -9,8 +9,6 @@ import logging
 import os
 import socket
 import threading
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,21 +19,7 @@ import catalog.lock
 from catalog.lock import STALE_AFTER_S, live_readers, register_reader
 from catalog.repo import Repository
 
-DEADLINE_S = 30.0  # a condition polled for; only a broken heartbeat ever takes this long
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
-    Repository.init(root).close()
-    return root
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.01)
+from .test_lock import DEADLINE_S, wait_for
 
 
 def reader_files(root: Path) -> dict[str, dict[str, Any]]:
