@@ -879,7 +879,8 @@ def _check_passphrase(c: Ctx, repository: Path, config: Config | None) -> list[C
                     "fail",
                     "the repository is encrypted and no passphrase source is configured",
                     "set passphrase_file or passphrase_command in the configuration (or TOOLKIT_PASSPHRASE "
-                    "in /etc/appstack-toolkit/env): scheduled jobs cannot be asked",
+                    "in /etc/appstack-toolkit/env, or in NAME.env there for schedule --name NAME): scheduled jobs "
+                    "cannot be asked",
                 )
             ]
         _keys, slot = unlock_keys(local, repo_config.id, repo_config.encryption, source.get())
@@ -902,7 +903,8 @@ def _check_passphrase(c: Ctx, repository: Path, config: Config | None) -> list[C
     "--name",
     metavar="NAME",
     help="Name the units appstack-toolkit-NAME-JOB (cron: appstack-toolkit-NAME), so one host can run the timers "
-    "of several configurations (default: appstack-toolkit-JOB).",
+    "of several configurations (default: appstack-toolkit-JOB); their jobs also read /etc/appstack-toolkit/NAME.env "
+    "after the shared env file.",
 )
 @pass_ctx
 def schedule(c: Ctx, install_dir: Path | None, user: str | None, cron: bool, name: str | None) -> None:
@@ -914,11 +916,12 @@ def schedule(c: Ctx, install_dir: Path | None, user: str | None, cron: bool, nam
     to 30 min), when the configuration has a [retention] table: prune with its
     keep_* values as options (--keep-daily 14 …); without one no prune job is
     written, and the output says so. Each job runs this toolkit with the
-    current --config and --repo as --user, reads secrets from
-    /etc/appstack-toolkit/env (KEY=value lines) when it exists, and runs at boot
-    when the machine was off at the scheduled time. A non-zero exit leaves the
-    unit failed, so exit 1 (problems found) reaches systemctl --failed and
-    monitoring. Run it again after changing [retention].
+    current --config and --repo as --user, reads secrets (KEY=value lines)
+    from /etc/appstack-toolkit/env and, with --name NAME, then from
+    /etc/appstack-toolkit/NAME.env, whose values win (each file when it
+    exists), and runs at boot when the machine was off at the scheduled time.
+    A non-zero exit leaves the unit failed, so exit 1 (problems found) reaches
+    systemctl --failed and monitoring. Run it again after changing [retention].
 
     \b
     Example:
@@ -956,10 +959,13 @@ def schedule(c: Ctx, install_dir: Path | None, user: str | None, cron: bool, nam
             text += f"\nnext: install -d -o {run_as} -m 0750 /var/log/appstack-toolkit"
         else:
             text += f"\nnext: systemctl daemon-reload && systemctl enable --now {' '.join(timers)}"
+        if name is not None:  # a file of its own to create; the unnamed schedule's is the one the guides set up
+            text += "\n" + _env_advice(spec, cron)
     c.emit(
         {
             "user": run_as,
             "name": name,
+            "env_files": [str(p) for p in spec.env_files],
             "jobs": [{"name": job.name, "args": list(job.args)} for job in spec.jobs],
             "files": [{"name": f.name, "text": f.text} for f in files],
             "installed": [str(p) for p in written],
@@ -968,6 +974,14 @@ def schedule(c: Ctx, install_dir: Path | None, user: str | None, cron: bool, nam
         },
         text,
     )
+
+
+def _env_advice(spec: Schedule, cron: bool) -> str:
+    """Where the jobs find their secrets, and who must be able to read those files."""
+    # systemd reads EnvironmentFile= as root; a cron job sources the files as its user and skips one it cannot read.
+    owner = f", owned by {spec.user}: cron skips a file the user cannot read" if cron else ""
+    files = ", then ".join(map(str, spec.env_files))
+    return f"secrets: {files} (KEY=value lines, each read when it exists, a later file's value wins; mode 0600{owner})"
 
 
 @cli.command()

@@ -24,8 +24,10 @@ jobs have no limit.
 
 Every non-zero exit code stays a failure: exit 1 (the job ran and found or left
 problems) must reach ``systemctl --failed``, ``OnFailure=`` and monitoring, so no
-``SuccessExitStatus=`` is set. Secrets come from an environment file
-(``EnvironmentFile=-/etc/appstack-toolkit/env``), never from the command line.
+``SuccessExitStatus=`` is set. Secrets come from environment files, never from the command line:
+``/etc/appstack-toolkit/env`` (``EnvironmentFile=-/etc/appstack-toolkit/env``) and, for a named schedule,
+then ``/etc/appstack-toolkit/NAME.env``, whose values win; each is read when it exists. Sites on one host thus
+share what they have in common (a proxy) and keep secrets under the same variable names apart.
 
 The functions here only render text; :func:`install` writes it.
 """
@@ -46,7 +48,11 @@ from catalog.errors import Error
 from toolkit.config import RetentionConfig
 
 UNIT_PREFIX: Final = "appstack-toolkit"
-ENV_FILE: Final = Path("/etc/appstack-toolkit/env")  # KEY=value lines, mode 0600; optional
+# The environment files of the jobs: KEY=value lines, mode 0600, each optional. Every schedule reads ENV_DIR/env;
+# a named one then reads ENV_DIR/NAME.env, so its values win.
+ENV_DIR: Final = Path("/etc/appstack-toolkit")
+SHARED_ENV: Final = "env"
+ENV_FILE: Final = ENV_DIR / SHARED_ENV
 LOG_DIR: Final = Path("/var/log/appstack-toolkit")  # cron only: the output of each job's last run
 CRON_FILE: Final = "appstack-toolkit"  # a file name /etc/cron.d accepts (no dot)
 # A schedule name: a word that is safe in a unit name, an /etc/cron.d file name (run-parts: no dot) and a log
@@ -181,7 +187,7 @@ class Schedule:
     config: Path
     user: str
     repository: Path | None = None  # given as --repo (and mounted before the job); else the configuration's
-    env_file: Path = ENV_FILE
+    env_file: Path | None = None  # the one environment file the jobs read; None: default_env_files(name)
     repository_url: str | None = None  # an s3:// repository given as --repo (nothing to mount)
     name: str | None = None  # units appstack-toolkit-NAME-JOB; None: appstack-toolkit-JOB, one set per host
     retention: RetentionConfig | None = None  # the configuration's [retention]: adds the weekly prune job
@@ -189,6 +195,11 @@ class Schedule:
     @property
     def jobs(self) -> tuple[Job, ...]:
         return jobs_for(self.retention)
+
+    @property
+    def env_files(self) -> tuple[Path, ...]:
+        """The environment files the jobs read, in this order (a value in a later one wins)."""
+        return (self.env_file,) if self.env_file is not None else default_env_files(self.name)
 
     @property
     def prefix(self) -> str:
@@ -200,14 +211,16 @@ class Schedule:
             raise ScheduleNameInvalid(name=self.name)
         if not self.command or not Path(self.command[0]).is_absolute():
             raise ScheduleInvalid(detail=f"the toolkit executable {' '.join(self.command)!r} is not an absolute path")
-        for what, path in (("configuration", self.config), ("repository", self.repository), ("env", self.env_file)):
+        paths = [("configuration", self.config), ("repository", self.repository)]
+        for what, path in [*paths, *(("env", env) for env in self.env_files)]:
             if path is not None and not path.is_absolute():
                 raise ScheduleInvalid(detail=f"the {what} path {str(path)!r} is not absolute")
         if not USER_NAME.fullmatch(self.user):
             raise ScheduleInvalid(detail=f"{self.user!r} is not a user name")
         if self.repository is not None and self.repository_url is not None:
             raise ScheduleInvalid(detail="a job has one repository: a directory or an s3:// URL")
-        words = [*self.command, str(self.config), str(self.repository or self.repository_url or ""), str(self.env_file)]
+        where = str(self.repository or self.repository_url or "")
+        words = [*self.command, str(self.config), where, *map(str, self.env_files)]
         if any(ch in w for w in words for ch in "\n\r\0"):
             raise ScheduleInvalid(detail="a path contains a line break or NUL")
 
@@ -215,6 +228,12 @@ class Schedule:
         where = self.repository or self.repository_url
         repo = ["--repo", str(where)] if where is not None else []
         return [*self.command, "--config", str(self.config), *repo, *job.args]
+
+
+def default_env_files(name: str | None) -> tuple[Path, ...]:
+    """What a schedule's jobs read, in order: the shared ``env``, then, for a named schedule, its ``NAME.env``."""
+    shared = ENV_DIR / SHARED_ENV
+    return (shared,) if name is None else (shared, ENV_DIR / f"{name}.env")
 
 
 def toolkit_command(argv0: str, python: str) -> tuple[str, ...]:
@@ -306,7 +325,8 @@ def service_unit(schedule: Schedule, job: Job) -> UnitFile:
         "[Service]",
         "Type=oneshot",
         f"User={schedule.user}",
-        f"EnvironmentFile=-{schedule.env_file}",
+        # Read in this order; a variable set in both takes the later file's value.
+        *(f"EnvironmentFile=-{env}" for env in schedule.env_files),
         "ExecStart=" + " ".join(_systemd_word(a, executable=i == 0) for i, a in enumerate(schedule.argv(job))),
         EXIT_CODES.rstrip("\n"),
         "UMask=0077",
@@ -375,14 +395,15 @@ def cron_line(schedule: Schedule, job: Job, log_dir: Path = LOG_DIR) -> str:
     A job with a time limit runs under ``timeout``, which stops it (exit 124) like its unit's ``TimeoutStartSec=``.
     """
     log = _sh_word(str(log_dir / log_name(schedule, job)))
-    env = _sh_word(str(schedule.env_file))
+    # Sourced in the order of the unit's EnvironmentFile= lines, each only when the user can read it.
+    sources = "".join(f"[ ! -r {env} ] || . {env}; " for env in (_sh_word(str(e)) for e in schedule.env_files))
     run = " ".join(_sh_word(a) for a in schedule.argv(job))
     if job.background:
         run = f"nice -n 10 ionice -c 3 {run}"
     if job.timeout is not None:
         # Outermost, so TERM (and KILL) reach the toolkit and, through timeout's process group, its children.
         run = f"timeout --kill-after={CRON_KILL_AFTER} {timeout_duration(job.timeout)} {run}"
-    body = f"(set -a; [ ! -r {env} ] || . {env}; set +a; exec {run}) >{log} 2>&1"
+    body = f"(set -a; {sources}set +a; exec {run}) >{log} 2>&1"
     who = "" if schedule.name is None else f"{schedule.prefix}: "
     alert = f'echo "{who}toolkit {" ".join(job.args)} exited with $? (see {log})"'
     command = f"{body} || {alert}"

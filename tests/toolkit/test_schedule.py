@@ -74,10 +74,16 @@ def spec(tmp_path: Path, **kw: object) -> Schedule:
 
 
 def parse(text: str) -> dict[str, dict[str, str]]:
+    """The sections of a unit; EnvironmentFile= may repeat (systemd reads each, in order): its values, one a line."""
+    lines = text.splitlines()
+    env = [line.split("=", 1)[1] for line in lines if line.startswith("EnvironmentFile=")]
     parser = configparser.ConfigParser(interpolation=None, strict=True, delimiters=("=",))
     parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string(text)
-    return {s: dict(parser[s]) for s in parser.sections()}
+    parser.read_string("\n".join(line for line in lines if not line.startswith("EnvironmentFile=")))
+    sections = {s: dict(parser[s]) for s in parser.sections()}
+    if env:
+        sections["Service"]["EnvironmentFile"] = "\n".join(env)
+    return sections
 
 
 def unit(units: list, name: str) -> dict[str, dict[str, str]]:
@@ -536,6 +542,13 @@ def test_systemd_analyze_verify_accepts_named_units_and_the_prune_job(tmp_path: 
     )
     written = install(units, tmp_path / "units")
     assert len(written) == 16
+    named = [p for p in written if p.name.startswith("appstack-toolkit-dc2-site_b-") and p.suffix == ".service"]
+    assert len(named) == 4
+    for path in named:  # the named services verified here read both environment files
+        assert parse(path.read_text())["Service"]["EnvironmentFile"].splitlines() == [
+            "-/etc/appstack-toolkit/env",
+            "-/etc/appstack-toolkit/dc2-site_b.env",
+        ]
     r = subprocess.run(["systemd-analyze", "verify", *map(str, written)], capture_output=True, text=True, check=False)
     noise = [line for line in r.stderr.splitlines() if "Failed to" in line or "Unknown" in line or "bad" in line]
     assert r.returncode == 0 and not noise, r.stderr
@@ -665,6 +678,96 @@ def test_two_named_schedules_share_a_directory(tmp_path: Path) -> None:
                 assert argv[argv.index("--repo") + 1] == str(tmp_path / name)
         cron = (cron_dir / f"appstack-toolkit-{name}").read_text()
         assert f"/var/log/appstack-toolkit/{name}-snapshot.log" in cron
+
+
+SHARED_SOURCE = "[ ! -r /etc/appstack-toolkit/env ] || . /etc/appstack-toolkit/env; "
+
+
+def test_a_named_schedule_reads_the_shared_env_file_then_its_own(tmp_path: Path) -> None:
+    named = spec(tmp_path, name="dc1", retention=RETENTION)
+    for job in named.jobs:
+        service = unit(systemd_units(named), f"appstack-toolkit-dc1-{job.name}.service")["Service"]
+        assert service["EnvironmentFile"].splitlines() == [
+            "-/etc/appstack-toolkit/env",
+            "-/etc/appstack-toolkit/dc1.env",
+        ]
+        line = cron_line(named, job)
+        own = "[ ! -r /etc/appstack-toolkit/dc1.env ] || . /etc/appstack-toolkit/dc1.env; "
+        assert f" (set -a; {SHARED_SOURCE}{own}set +a; exec " in line
+        assert cron_file(named).text.count(line) == 1
+    assert named.env_files == (Path("/etc/appstack-toolkit/env"), Path("/etc/appstack-toolkit/dc1.env"))
+    # Without a name: the one shared file, exactly as before.
+    plain = spec(tmp_path, retention=RETENTION)
+    assert plain.env_files == (ENV_FILE,)
+    for job in plain.jobs:
+        text = next(u.text for u in systemd_units(plain) if u.name == f"appstack-toolkit-{job.name}.service")
+        assert [line for line in text.splitlines() if "Environment" in line] == [
+            "EnvironmentFile=-/etc/appstack-toolkit/env"
+        ]
+        assert f" (set -a; {SHARED_SOURCE}set +a; exec " in cron_line(plain, job)
+        assert ".env" not in cron_line(plain, job)
+    # A file given to the schedule is the only one its jobs read, named or not.
+    given = spec(tmp_path, name="dc1", env_file=tmp_path / "secrets")
+    assert unit(systemd_units(given), "appstack-toolkit-dc1-snapshot.service")["Service"]["EnvironmentFile"] == (
+        f"-{tmp_path / 'secrets'}"
+    )
+    line = cron_line(given, JOBS[0])
+    assert f"(set -a; [ ! -r {tmp_path / 'secrets'} ] || . {tmp_path / 'secrets'}; set +a; " in line
+    assert "/etc/appstack-toolkit" not in line
+
+
+def test_the_cli_names_the_env_files_of_a_named_schedule(toolkit: Toolkit, tmp_path: Path) -> None:
+    toolkit("init")
+    config = tmp_path / "dc2.toml"
+    config.write_text(SITE.format(ds=tmp_path / "ds1"))
+    me = getpass.getuser()
+    data = toolkit.json("--config", str(config), "schedule", "--name", "dc2")
+    assert data["env_files"] == ["/etc/appstack-toolkit/env", "/etc/appstack-toolkit/dc2.env"]
+    assert toolkit.json("--config", str(config), "schedule")["env_files"] == ["/etc/appstack-toolkit/env"]
+    secrets = "secrets: /etc/appstack-toolkit/env, then /etc/appstack-toolkit/dc2.env (KEY=value lines, "
+    r = toolkit("--config", str(config), "schedule", "--name", "dc2", "--install", str(tmp_path / "units"))
+    assert r.exit_code == 0, r.stderr
+    line = next(line for line in r.stdout.splitlines() if line.startswith("secrets: "))
+    assert line.startswith(secrets) and "mode 0600" in line and "owned by" not in line
+    # cron sources the files as the job's user: they must be readable by it.
+    r = toolkit("--config", str(config), "schedule", "--name", "dc2", "--cron", "--install", str(tmp_path / "cron"))
+    line = next(line for line in r.stdout.splitlines() if line.startswith("secrets: "))
+    assert line.startswith(secrets) and f"mode 0600, owned by {me}" in line
+    # Without a name the output is what it was: the shared file is the one the guides set up.
+    r = toolkit("--config", str(config), "schedule", "--install", str(tmp_path / "plain"))
+    assert r.exit_code == 0 and "secrets:" not in r.stdout
+
+
+def test_a_cron_job_takes_the_value_of_its_own_env_file_over_the_shared_one(
+    tmp_path: Path, fake_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    monkeypatch.setattr(schedule, "ENV_DIR", etc)
+    (etc / "env").write_text("AVM_PASSWORD=shared\nHTTPS_PROXY=http://proxy:3128\n")
+    (etc / "dc1.env").write_text("AVM_PASSWORD='dc1 secret'\n")
+    (etc / "dc2.env").write_text("AVM_PASSWORD=dc2\n")
+    tk = fake_bin / "toolkit"
+    tk.write_text('#!/bin/sh\necho "password=$AVM_PASSWORD proxy=$HTTPS_PROXY"\n')
+    logs = tmp_path / "log"
+    logs.mkdir()
+
+    def run(name: str | None) -> str:
+        sched = spec(tmp_path, command=(str(tk),), name=name)
+        assert cron_line(sched, JOBS[0], logs) in cron_file(sched, log_dir=logs).text
+        r = _run_cron(cron_line(sched, JOBS[0], logs), fake_bin)
+        assert r.returncode == 0 and r.stdout == r.stderr == "", r.stdout + r.stderr
+        return (logs / f"{'' if name is None else name + '-'}snapshot.log").read_text()
+
+    # Each site gets its own password under the same variable, and the shared proxy.
+    assert run("dc1") == "password=dc1 secret proxy=http://proxy:3128\n"
+    assert run("dc2") == "password=dc2 proxy=http://proxy:3128\n"
+    assert run(None) == "password=shared proxy=http://proxy:3128\n"
+    # A named schedule without a file of its own runs on the shared one; with neither file, on nothing.
+    assert run("dc3") == "password=shared proxy=http://proxy:3128\n"
+    (etc / "env").unlink()
+    assert run("dc1") == "password=dc1 secret proxy=\n"
+    assert run("dc3") == "password= proxy=\n"
 
 
 @pytest.mark.parametrize("name", ["", "dc 1", "dc.1", "dc@1", "-dc1", "dc1-", "_dc1", "../dc1", "dc1\n", "a" * 33])

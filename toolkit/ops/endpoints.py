@@ -265,7 +265,8 @@ def secret_source(secret: Secret) -> str:
 def secret_fix(secret: Secret, where: str) -> str:
     if secret.env is not None:
         return (
-            f"set {secret.env} in the environment of the jobs (the timers read /etc/appstack-toolkit/env), "
+            f"set {secret.env} in the environment of the jobs (the timers read /etc/appstack-toolkit/env, those of "
+            "schedule --name NAME then /etc/appstack-toolkit/NAME.env), "
             f"or use password_file in {where}"
         )
     if secret.file is not None:
