@@ -30,6 +30,7 @@ from toolkit.lab.vcsim import VcsimServer
 from toolkit.ops.restore import parse_as_of, plan_restore
 from toolkit.ops.snapshot import Source, snapshot
 from toolkit.ops.vsan import (
+    EDITED_SUFFIX,
     STAGING_FOLDER,
     THICK_COPIES,
     CopyHostUnsuitable,
@@ -37,14 +38,24 @@ from toolkit.ops.vsan import (
     VsanDestination,
     VsanNoStaging,
     VsanStager,
+    adapter_lines,
     adapter_type_of,
     is_stale,
     run_name,
+    with_adapter_line,
 )
 from toolkit.transports.base import FileInfo, Transport
 from toolkit.transports.datastore_http import DatastoreHttpTransport
 from toolkit.transports.local import LocalTransport
-from toolkit.vsphere import DatastoreNoSpace, PyvmomiClient, VsphereConfig, VsphereLoginFailed, connect
+from toolkit.vsphere import (
+    DatastoreNoSpace,
+    PyvmomiClient,
+    VsphereConfig,
+    VsphereLoginFailed,
+    VsphereTaskFailed,
+    connect,
+    parse_datastore_path,
+)
 
 from ..conftest import Toolkit
 
@@ -871,3 +882,201 @@ def test_a_thin_copy_needs_room_for_the_data_only_and_one_that_does_not_fit_fail
         assert thin["state"] == expected, thin
         if expected == "failed":  # the host ran out of room during the copy; the partial copy is gone
             assert thin["reason"].startswith("datastore ds1 has no space to copy virtual disk"), thin["reason"]
+
+
+# -- the adapter type of a disk copied into vSAN ----------------------------------------------------------
+
+
+def set_adapter(server: VcsimServer, relpath: str, adapter: str) -> bytes:
+    """Give the vSAN descriptor at ``relpath`` this ddb.adapterType (as a VM with that controller leaves it)."""
+    path = server.datastores[VSAN] / relpath
+    text, count = re.subn(
+        rb'^ddb\.adapterType = "[^"]*"$', f'ddb.adapterType = "{adapter}"'.encode(), path.read_bytes(), flags=re.M
+    )
+    assert count == 1
+    path.write_bytes(text)
+    return text
+
+
+def but_object(descriptor: bytes) -> str:
+    """A vSAN descriptor with its object's id left out: every other byte is what a restore must bring back."""
+    return VSAN_EXTENT.sub(r'RW \1 VMFS "vsan://OBJECT"', descriptor.decode())
+
+
+def test_restore_onto_vsan_puts_back_an_adapter_type_the_copy_could_not_name(
+    vcsim_server: VcsimServer,
+    esx_host: VcsimServer,
+    client: PyvmomiClient,
+    vc_password: None,
+    toolkit: Toolkit,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ESX_PW", ESX_PASSWORD)
+    adapters = {"Pv": "pvscsi", "Sas": "lsisas1068", "Lsi": "lsilogic"}
+    originals: dict[str, tuple[bytes, bytes]] = {}  # path -> (vSAN descriptor, flat data)
+    for seed, (name, adapter) in enumerate(adapters.items(), 1):
+        rel = f"{FOLDER}/{name}.vmdk"
+        flat = put_on_vsan(vcsim_server, client, rel, seed=seed)["flat"]
+        originals[rel] = (set_adapter(vcsim_server, rel, adapter), flat)
+    # Captured through vCenter, whose copies (made without a spec) keep the source's adapter type.
+    cfg = write_config(tmp_path, vcsim_server)
+    assert toolkit("--config", str(cfg), "init").exit_code == 0
+    assert toolkit("--config", str(cfg), "snapshot").exit_code == 0
+    for rel in originals:
+        client.delete_virtual_disk(f"[{VSAN}] {rel}")
+        (vcsim_server.datastores[VSAN] / f"{rel}.metadata").unlink()
+
+    # Restored through a copy host, which writes the spec's adapter type: lsiLogic for all three.
+    cfg = write_config(tmp_path, vcsim_server, extra=copy_host_section(esx_host))
+    r = toolkit("--config", str(cfg), "restore", "--as-of", "now", "--to", f"dc1/{VSAN}")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    for rel, (descriptor, flat) in originals.items():
+        restored = (vcsim_server.datastores[VSAN] / rel).read_bytes()
+        assert but_object(restored) == but_object(descriptor), rel  # the captured line back, nothing else changed
+        assert vsan_object(vcsim_server, rel) == flat
+    put_back = [line for line in r.stderr.splitlines() if "the captured ddb.adapterType" in line]
+    assert sorted(put_back) == sorted(
+        f'warning: [{VSAN}] {FOLDER}/{name}.vmdk: the copy\'s descriptor said ddb.adapterType = "lsilogic"; '
+        f'the captured ddb.adapterType = "{adapters[name]}" was put back'
+        for name in ("Pv", "Sas")
+    ), r.stderr  # and no rewrite of the lsilogic disk, which the copy kept as it was
+    assert "instead of the captured" not in r.stdout + r.stderr
+    assert staging_files(vcsim_server) == []
+
+    # Found in place later with another adapter type (edited since): said, and left alone.
+    lsi = f"{FOLDER}/Lsi.vmdk"
+    before = set_adapter(vcsim_server, lsi, "buslogic")
+    r = toolkit("--config", str(cfg), "--json", "restore", "--as-of", "now", "--to", f"dc1/{VSAN}", "--volume", "Lsi")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    [vol] = json.loads(r.stdout)["volumes"]
+    assert vol["status"] == "in place"
+    assert vol["warnings"] == [
+        f"[{VSAN}] {lsi}: the disk and its sidecars are as captured, but its descriptor says "
+        'ddb.adapterType = "buslogic" instead of the captured ddb.adapterType = "lsilogic"; it was left as it is'
+    ]
+    assert (vcsim_server.datastores[VSAN] / lsi).read_bytes() == before
+
+
+@pytest.mark.parametrize("fault", ["E", "F"])  # the write fails; the write lands changed without an error
+def test_a_failed_adapter_type_rewrite_is_a_warning_and_the_restored_copy_stays(
+    vcsim_server: VcsimServer,
+    client: PyvmomiClient,
+    host_client: PyvmomiClient,
+    vc_password: None,
+    toolkit: Toolkit,
+    tmp_path: Path,
+    fault: str,
+) -> None:
+    original = put_on_vsan(vcsim_server, client)
+    set_adapter(vcsim_server, REL, "pvscsi")
+    _captured(vcsim_server, client, toolkit, tmp_path)
+    repo = Repository.open(tmp_path / "repo", readonly=True)
+    faulty = Scripted(LocalTransport(vcsim_server.datastores["ds1"]), fault, only=f"*{EDITED_SUFFIX}")
+    area = StagingArea(client, "ds1", faulty, copy_host=host_client)
+    entry: dict[str, Any] = {"path": REL}
+    try:
+        [item], _ = plan_restore(repo, parse_as_of("now", repo), [], [VSAN])
+        dest = VsanDestination(client, VSAN, DatastoreHttpTransport(client, VSAN), area)
+        with ThreadPoolExecutor(2) as pool:
+            written = dest.restore_volume(repo, item, entry, pool=pool, emit=lambda _k, _d: None)
+    finally:
+        repo.close()
+        area.close()
+    assert faulty.faults_fired
+    assert entry["status"] == "restored", entry
+    assert written > 0
+    [warning] = entry["warnings"]
+    assert warning.startswith(
+        f'[{VSAN}] {REL}: the copy\'s descriptor says ddb.adapterType = "lsilogic" instead of the captured '
+        'ddb.adapterType = "pvscsi"; putting that line back failed ('
+    ), warning
+    assert warning.endswith("); the disk is usable")
+    assert 'ddb.adapterType = "lsilogic"' in (vcsim_server.datastores[VSAN] / REL).read_text()  # as the copy made it
+    assert vsan_object(vcsim_server) == original["flat"]
+    assert staging_files(vcsim_server) == []
+
+
+CAPTURED = b'createType="vmfs"\nRW 16384 VMFS "vsan://0001"\nddb.adapterType = "pvscsi"\nddb.uuid = "60 00"\n'
+
+
+def test_the_adapter_line_is_replaced_and_every_other_byte_kept() -> None:
+    copied = (
+        b'createType="vmfs"\r\nRW 16384 VMFS "vsan://0002"\r\nddb.adapterType = "lsilogic"\r\nddb.uuid = "60 00"\r\n'
+    )
+    assert with_adapter_line(copied, CAPTURED) == copied.replace(b'"lsilogic"', b'"pvscsi"')  # CRLF kept
+    last = b'createType="vmfs"\nRW 16384 VMFS "vsan://0002"\nddb.adapterType="lsilogic"'  # last line, no ending
+    assert with_adapter_line(last, CAPTURED) == last.replace(
+        b'ddb.adapterType="lsilogic"', b'ddb.adapterType = "pvscsi"'
+    )
+    assert with_adapter_line(b'createType="vmfs"\n', CAPTURED) is None  # nothing to replace
+    assert with_adapter_line(copied + b'ddb.adapterType = "ide"\r\n', CAPTURED) is None  # which one?
+    assert with_adapter_line(copied, b'createType="vmfs"\n') is None  # nothing to put back
+    assert [x.value for x in adapter_lines(b'ddb.adapterType = "lsisas1068"\r\n  ddb.adapterType=ide\n')] == [
+        "lsisas1068",
+        "ide",
+    ]
+    assert adapter_type_of(b'ddb.adapterType = "lsisas1068"\r\n') == "lsiLogic"
+
+
+class LocalVcenter:
+    """vCenter's file move (the one call a descriptor rewrite makes of it) over local datastore directories."""
+
+    def __init__(self, roots: dict[str, Path], *, fail: bool = False) -> None:
+        self.roots = roots
+        self.fail = fail
+        self.moves: list[tuple[str, str]] = []
+
+    def move_file(self, source: str, dest: str, *, overwrite: bool = False) -> None:
+        self.moves.append((source, dest))
+        if self.fail:
+            raise VsphereTaskFailed(server="vCenter", action=f"move {source} to {dest}", detail=f"refused {INJECTED}")
+        (src_ds, src), (dst_ds, dst) = parse_datastore_path(source), parse_datastore_path(dest)
+        assert overwrite
+        (self.roots[src_ds] / src).replace(self.roots[dst_ds] / dst)
+
+
+def _put_back(tmp_path: Path, copied: bytes, *, fail: bool = False) -> tuple[str | None, bytes, LocalVcenter]:
+    """Put CAPTURED's adapter line back into a copy whose descriptor is ``copied``: the warning, the result, moves."""
+    roots = {VSAN: tmp_path / VSAN, "ds1": tmp_path / "ds1"}
+    for root in roots.values():
+        (root / FOLDER).mkdir(parents=True)
+    (roots[VSAN] / REL).write_bytes(copied)
+    vcenter = LocalVcenter(roots, fail=fail)
+    area = StagingArea(vcenter, "ds1", LocalTransport(roots["ds1"]))  # type: ignore[arg-type]
+    dest = VsanDestination(vcenter, VSAN, LocalTransport(roots[VSAN]), area)  # type: ignore[arg-type]
+    warning = dest._put_back_adapter_line(REL, CAPTURED, FOLDER, lambda _k, _d: None)
+    return warning, (roots[VSAN] / REL).read_bytes(), vcenter
+
+
+def test_a_copy_whose_descriptor_cannot_take_the_captured_adapter_line_is_kept_with_a_warning(tmp_path: Path) -> None:
+    where = f"[{VSAN}] {REL}"
+    no_line = b'createType="vmfs"\nRW 16384 VMFS "vsan://0002"\n'
+    warning, now, vcenter = _put_back(tmp_path / "a", no_line)
+    assert warning == (
+        f"{where}: the copy's descriptor names no adapter type (no ddb.adapterType line) instead of the captured "
+        'ddb.adapterType = "pvscsi"; it was left as it is (the disk is usable)'
+    )
+    assert (now, vcenter.moves) == (no_line, [])
+
+    huge = b'createType="vmfs"\nRW 16384 VMFS "vsan://0002"\nddb.adapterType = "lsilogic"\n' + b"#" * (64 << 10)
+    warning, now, vcenter = _put_back(tmp_path / "b", huge)
+    assert warning is not None and warning.startswith(f"{where}: the copy's descriptor could not be read")
+    assert "too large for a text descriptor" in warning
+    assert (now, vcenter.moves) == (huge, [])
+
+    lsi = b'createType="vmfs"\nRW 16384 VMFS "vsan://0002"\nddb.adapterType = "lsilogic"\nddb.uuid = "60 00"\n'
+    warning, now, vcenter = _put_back(tmp_path / "c", lsi, fail=True)
+    assert warning is not None and warning.startswith(
+        f'{where}: the copy\'s descriptor says ddb.adapterType = "lsilogic" instead of the captured '
+        'ddb.adapterType = "pvscsi"; putting that line back failed (vCenter could not move'
+    )
+    assert (now, len(vcenter.moves)) == (lsi, 1)
+
+    warning, now, vcenter = _put_back(tmp_path / "d", lsi)
+    assert warning is None
+    assert now == lsi.replace(b'"lsilogic"', b'"pvscsi"')
+    assert [dest for _src, dest in vcenter.moves] == [where]
+
+    warning, now, vcenter = _put_back(tmp_path / "e", now)  # it says pvscsi already: nothing is written
+    assert (warning, vcenter.moves) == (None, [])

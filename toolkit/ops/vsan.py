@@ -32,6 +32,16 @@ everything else (folders, deletes, listings).
   vSAN folder (on the copy host, when there is one) and delete the staged copy.
   Only a volume that went all the way is reported restored, which is what lets
   ``--register`` import it.
+- Adapter type: a copy's descriptor gets the adapterType of its ``VirtualDiskSpec``,
+  which names only ide, busLogic or lsiLogic (pvscsi and lsisas1068 are asked for as
+  lsiLogic), and a copy without a spec gets what the server decides. After the copy
+  into vSAN, when the copy's ``ddb.adapterType`` is not the captured one, that one
+  line of its descriptor (a small file in the namespace folder) is put back: read
+  there, edited (every other byte kept), written to the staging folder and checked,
+  moved over the copy's descriptor as the sidecars are moved, and read back. When
+  that cannot be done the copy stays (it is a valid disk) and the volume carries a
+  warning naming the disk and what its descriptor says. A disk found in place whose
+  adapter type differs is left alone, with such a warning.
 
 Staged copies live in ``.toolkit-staging/<host>-<pid>-<random>/`` on the staging
 datastore (a dot folder: no listing and no snapshot of that datastore sees it). A
@@ -70,6 +80,7 @@ from toolkit.ops.restore import (
     PlannedVolume,
     RestoredDigestMismatch,
     landed_digest,
+    read_stored,
 )
 from toolkit.ops.snapshot import Source
 from toolkit.progress import human_bytes
@@ -91,7 +102,9 @@ STALE_AFTER_S: Final = 26 * 3600.0  # another host's run this old is dead: the s
 SECTOR_BYTES: Final = 512  # descriptor extents count 512-byte sectors
 DISK_ROLES: Final = frozenset({"descriptor", "extent"})  # what CopyVirtualDisk carries; sidecars are plain files
 _RUN_NAME = re.compile(r"^(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-(?P<rand>[0-9a-f]{8})$")
-_ADAPTER_LINE = re.compile(r'^\s*ddb\.adapterType\s*=\s*"?([A-Za-z0-9_]+)"?\s*$', re.MULTILINE)
+# A descriptor's ddb.adapterType line: "line" spans it without its ending (LF or CRLF), "value" is what follows "=".
+_ADAPTER_LINE = re.compile(rb"^(?P<line>[ \t]*ddb\.adapterType[ \t]*=(?P<value>[^\r\n]*?))\r?$", re.MULTILINE)
+EDITED_SUFFIX: Final = ".descriptor-edit"  # a descriptor's new text on the staging datastore: not a .vmdk, so no disk
 # A descriptor's ddb.adapterType → the VirtualDiskSpec adapterType (the API knows ide, busLogic and lsiLogic;
 # the other SCSI controllers are closest to lsiLogic).
 ADAPTER_TYPE_OF: Final = {
@@ -204,10 +217,49 @@ def check_copy_host(host: DiskCopier, vsan_datastore: str, staging: str | None) 
 # -- pure helpers ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class AdapterLine:
+    """One ``ddb.adapterType`` line of a descriptor: where it is (without its line ending) and its value."""
+
+    start: int
+    end: int
+    value: str  # as written, quotes and surrounding blanks removed
+
+
+def adapter_lines(descriptor: bytes) -> list[AdapterLine]:
+    """The ``ddb.adapterType`` lines of a descriptor, in order (one in a well-formed descriptor)."""
+    return [
+        AdapterLine(m.start("line"), m.end("line"), m["value"].decode("utf-8", "replace").strip().strip('"').strip())
+        for m in _ADAPTER_LINE.finditer(descriptor)
+    ]
+
+
 def adapter_type_of(descriptor: bytes) -> str:
     """The adapterType a copy of the disk with this descriptor asks for: its ddb.adapterType, mapped."""
-    match = _ADAPTER_LINE.search(descriptor.decode("utf-8", "replace"))
-    return ADAPTER_TYPE_OF.get(match[1].lower(), DEFAULT_ADAPTER_TYPE) if match else DEFAULT_ADAPTER_TYPE
+    lines = adapter_lines(descriptor)
+    return ADAPTER_TYPE_OF.get(lines[0].value.lower(), DEFAULT_ADAPTER_TYPE) if lines else DEFAULT_ADAPTER_TYPE
+
+
+def with_adapter_line(descriptor: bytes, captured: bytes) -> bytes | None:
+    """``descriptor`` with its one ``ddb.adapterType`` line replaced by the first one of ``captured``.
+
+    Every other byte is kept: the other lines, their order and the line ending of the replaced line.
+    None when ``captured`` has no such line or ``descriptor`` has not exactly one.
+    """
+    want, now = adapter_lines(captured), adapter_lines(descriptor)
+    if not want or len(now) != 1:
+        return None
+    return descriptor[: now[0].start] + captured[want[0].start : want[0].end] + descriptor[now[0].end :]
+
+
+def describe_adapter(descriptor: bytes) -> str:
+    """What a descriptor says about its adapter type, for messages."""
+    lines = adapter_lines(descriptor)
+    if not lines:
+        return "names no adapter type (no ddb.adapterType line)"
+    if len(lines) > 1:
+        return f"has {len(lines)} ddb.adapterType lines ({', '.join(repr(x.value) for x in lines)})"
+    return f'says ddb.adapterType = "{lines[0].value}"'
 
 
 def host_tag(host: str) -> str:
@@ -641,6 +693,12 @@ class StoredFile:
         return self.source.size if self.data is None else len(self.data)
 
 
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
 class VsanDestination:
     """Restores volumes onto a vSAN datastore: written and checked on the staging datastore, then copied in."""
 
@@ -712,6 +770,9 @@ class VsanDestination:
             if target in protected:
                 raise DestinationInUse(path=self.where(target), reason=protected[target])
             if self._in_place(repo, target, extents[0], sidecars, emit):
+                note = self._in_place_adapter(repo, target, descriptors[0], pool)
+                if note is not None:
+                    entry.setdefault("warnings", []).append(note)
                 entry["status"] = "in place"
                 emit("bytes", {"n": sum(f.size for f in files)})
                 return 0
@@ -748,14 +809,101 @@ class VsanDestination:
             if target in present:
                 emit("message", {"text": f"deleting {self.where(target)} to replace it (--overwrite)"})
                 self.client.delete_virtual_disk(self.where(target), missing_ok=True)
-            adapter = adapter_type_of(
-                self.area.transport.read_small(f"{folder}/{posixpath.basename(target)}", DESCRIPTOR_MAX_BYTES)
-            )
-            self.area.copy_disk(staged, self.where(target), adapter, emit)
+            captured = self.area.transport.read_small(f"{folder}/{posixpath.basename(target)}", DESCRIPTOR_MAX_BYTES)
+            self.area.copy_disk(staged, self.where(target), adapter_type_of(captured), emit)
+            warning = self._put_back_adapter_line(target, captured, folder, emit)
         if self.namespace.stat(target) is None:
             raise VsanVolumeInvalid(path=self.where(target), detail="the copy was reported done, but it is not there")
+        if warning is not None:
+            entry.setdefault("warnings", []).append(warning)
         entry["status"] = "restored"
         return written
+
+    def _read_descriptor(self, target: str) -> bytes:
+        """The descriptor of the vSAN disk at ``target``, read from its namespace folder; refused when it is not one."""
+        data = self.namespace.read_small(target, DESCRIPTOR_MAX_BYTES)
+        if parse_descriptor(self.where(target), data) is None:  # 64 KiB or more, not text, no extent: raises
+            raise NotADescriptor(path=self.where(target), detail="a sparse disk, not a text descriptor")
+        return data
+
+    def _put_back_adapter_line(self, target: str, captured: bytes, folder: str, emit: Event) -> str | None:
+        """Give the copy at ``target`` the ``ddb.adapterType`` line of the ``captured`` descriptor again.
+
+        A copy's adapterType is the one its VirtualDiskSpec could name (ide, busLogic or lsiLogic; a copy
+        without a spec gets what the server decides), so a pvscsi or lsisas1068 disk comes out as another
+        controller's. Its descriptor is a small file in the namespace folder: it is read, that one line
+        replaced (every other byte kept), written to the staging folder, checked there, moved over the
+        copy's descriptor like a sidecar, and read back. The copy is a valid disk whatever happens here:
+        what fails is returned as a warning naming the disk and what its descriptor says.
+        """
+        want = adapter_lines(captured)
+        if not want:
+            return None  # the snapshot's descriptor names no adapter type: nothing to put back
+        where = self.where(target)
+        line = captured[want[0].start : want[0].end].decode("utf-8", "replace").strip()
+
+        def warn(text: str) -> str:
+            log.warning("%s: %s", where, text)
+            return f"{where}: {text}"
+
+        try:
+            copied = self._read_descriptor(target)
+        except (Error, OSError) as exc:
+            return warn(
+                f"the copy's descriptor could not be read to check that it keeps the captured {line} "
+                f"({_reason(exc)}); the disk is usable, its adapter type may differ"
+            )
+        now = adapter_lines(copied)
+        if len(now) == 1 and now[0].value == want[0].value:
+            return None  # the copy kept it
+        fixed = with_adapter_line(copied, captured)
+        if fixed is None:
+            return warn(
+                f"the copy's descriptor {describe_adapter(copied)} instead of the captured {line}; "
+                "it was left as it is (the disk is usable)"
+            )
+        edited = f"{folder}/{posixpath.basename(target)}{EDITED_SUFFIX}"
+        failure: str | None = None
+        try:
+            with self.area.transport.open_write(edited, len(fixed), time.time_ns()) as write_at:
+                write_at(0, fixed)
+            if self.area.transport.read_small(edited, DESCRIPTOR_MAX_BYTES) == fixed:
+                self.client.move_file(self.area.where(edited), where, overwrite=True)
+            else:  # never moved over the copy's descriptor: what landed is not what was written
+                failure = f"{self.area.where(edited)} read back is not what was written"
+        except (Error, OSError) as exc:
+            failure = _reason(exc)
+        if failure is not None:
+            says = self._adapter_now(target, fixed)
+            if says is not None:
+                return warn(
+                    f"the copy's descriptor {says} instead of the captured {line}; putting that line back failed "
+                    f"({failure}); the disk is usable"
+                )
+        else:
+            try:
+                back = self._read_descriptor(target)
+            except (Error, OSError) as exc:
+                return warn(
+                    f"the captured {line} was written into the copy's descriptor, "
+                    f"but reading it back failed ({_reason(exc)})"
+                )
+            if back != fixed:
+                return warn(
+                    f"the copy's descriptor {describe_adapter(back)} after the captured {line} was written into it "
+                    "(what was read back is not what was written)"
+                )
+        said = f'ddb.adapterType = "{now[0].value}"'
+        emit("message", {"text": f"{where}: the copy's descriptor said {said}; the captured {line} was put back"})
+        return None
+
+    def _adapter_now(self, target: str, fixed: bytes) -> str | None:
+        """After a failed rewrite: None when the descriptor is ``fixed`` all the same, else what it says now."""
+        try:
+            now = self._read_descriptor(target)
+        except (Error, OSError) as exc:
+            return f"cannot be read ({_reason(exc)})"
+        return None if now == fixed else describe_adapter(now)
 
     def _write(self, repo: Repository, f: Landing, staged: str, pool: ThreadPoolExecutor, emit: Event) -> None:
         self.area.transport.clean_partials(staged)
@@ -775,6 +923,34 @@ class VsanDestination:
                 digest=False,
                 inflight=INFLIGHT_PER_STREAM,
             )
+
+    def _in_place_adapter(
+        self, repo: Repository, target: str, descriptor: Landing, pool: ThreadPoolExecutor
+    ) -> str | None:
+        """For a disk in place: a warning when its descriptor's ``ddb.adapterType`` is not the captured one.
+
+        Nothing is written: the disk is left as it is, as for any volume in place.
+        """
+        if descriptor.size >= DESCRIPTOR_MAX_BYTES:
+            return None
+        captured = descriptor.data if descriptor.data is not None else read_stored(repo, descriptor.source, pool)
+        want = adapter_lines(captured)
+        if not want:
+            return None
+        try:
+            live = self._read_descriptor(target)
+        except (Error, OSError) as exc:
+            return (
+                f"{self.where(target)}: its descriptor could not be read to compare its adapter type ({_reason(exc)})"
+            )
+        now = adapter_lines(live)
+        if len(now) == 1 and now[0].value == want[0].value:
+            return None
+        line = captured[want[0].start : want[0].end].decode("utf-8", "replace").strip()
+        return (
+            f"{self.where(target)}: the disk and its sidecars are as captured, but its descriptor "
+            f"{describe_adapter(live)} instead of the captured {line}; it was left as it is"
+        )
 
     def _in_place(
         self, repo: Repository, target: str, extent: Landing, sidecars: Sequence[Landing], emit: Event
