@@ -958,6 +958,40 @@ def test_restore_onto_vsan_puts_back_an_adapter_type_the_copy_could_not_name(
     assert (vcsim_server.datastores[VSAN] / lsi).read_bytes() == before
 
 
+def test_a_snapshot_through_a_copy_host_records_the_adapter_type_of_the_disk(
+    vcsim_server: VcsimServer,
+    esx_host: VcsimServer,
+    client: PyvmomiClient,
+    vc_password: None,
+    toolkit: Toolkit,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The copy host's staged copy says lsilogic; the snapshot records the vSAN disk's own line all the same."""
+    monkeypatch.setenv("ESX_PW", ESX_PASSWORD)
+    originals: dict[str, bytes] = {}
+    for seed, (name, adapter) in enumerate({"Pv": "pvscsi", "Sas": "lsisas1068"}.items(), 1):
+        rel = f"{FOLDER}/{name}.vmdk"
+        put_on_vsan(vcsim_server, client, rel, seed=seed)
+        originals[rel] = set_adapter(vcsim_server, rel, adapter)
+    cfg = write_config(tmp_path, vcsim_server, extra=copy_host_section(esx_host))
+    assert toolkit("--config", str(cfg), "init").exit_code == 0
+    r = toolkit("--config", str(cfg), "snapshot")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    for rel in originals:
+        client.delete_virtual_disk(f"[{VSAN}] {rel}")
+        (vcsim_server.datastores[VSAN] / f"{rel}.metadata").unlink()
+
+    # Restored through vCenter, whose copies keep the adapter type of what they copy: the recorded one.
+    cfg = write_config(tmp_path, vcsim_server)
+    r = toolkit("--config", str(cfg), "restore", "--as-of", "now", "--to", f"dc1/{VSAN}")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    for rel, descriptor in originals.items():
+        assert but_object((vcsim_server.datastores[VSAN] / rel).read_bytes()) == but_object(descriptor), rel
+    assert "the captured ddb.adapterType" not in r.stderr  # nothing to put back: recorded right
+    assert staging_files(vcsim_server) == []
+
+
 @pytest.mark.parametrize("fault", ["E", "F"])  # the write fails; the write lands changed without an error
 def test_a_failed_adapter_type_rewrite_is_a_warning_and_the_restored_copy_stays(
     vcsim_server: VcsimServer,

@@ -41,7 +41,9 @@ everything else (folders, deletes, listings).
   moved over the copy's descriptor as the sidecars are moved, and read back. When
   that cannot be done the copy stays (it is a valid disk) and the volume carries a
   warning naming the disk and what its descriptor says. A disk found in place whose
-  adapter type differs is left alone, with such a warning.
+  adapter type differs is left alone, with such a warning. A snapshot's staged copy
+  gets the vSAN descriptor's line back the same way (on the staging datastore, before
+  it is read), so what is recorded is the disk as it is on vSAN.
 
 Staged copies live in ``.toolkit-staging/<host>-<pid>-<random>/`` on the staging
 datastore (a dot folder: no listing and no snapshot of that datastore sees it). A
@@ -453,10 +455,12 @@ class StagingArea:
             with contextlib.suppress(Error):
                 self.client.delete_file(self.where(self.run), missing_ok=True)
 
-    def stage(
-        self, vsan_datastore: str, path: str, folder: str, emit: Event, *, adapter_type: str = DEFAULT_ADAPTER_TYPE
-    ) -> StagedDisk:
-        """Copy the disk ``[vsan_datastore] path`` into ``folder`` and check what was written."""
+    def stage(self, vsan_datastore: str, path: str, folder: str, emit: Event, *, source: bytes) -> StagedDisk:
+        """Copy the disk ``[vsan_datastore] path`` (whose descriptor is ``source``) into ``folder``; check the copy.
+
+        The copy's descriptor gets the ``ddb.adapterType`` line of ``source`` again when the copy changed
+        it (a copy spec names only ide, busLogic or lsiLogic), so a snapshot records the disk as it is.
+        """
         name = posixpath.basename(path)
         staged = f"{folder}/{name}"
         if not self.thin:
@@ -464,8 +468,8 @@ class StagingArea:
                 tell, self._told_thick = not self._told_thick, True
             if tell:
                 emit("message", {"text": THICK_COPIES})
-        self.copy_disk(format_datastore_path(vsan_datastore, path), self.where(staged), adapter_type, emit)
-        head = self.transport.read_small(staged, DESCRIPTOR_MAX_BYTES)
+        self.copy_disk(format_datastore_path(vsan_datastore, path), self.where(staged), adapter_type_of(source), emit)
+        head = self._keep_adapter_line(staged, self.transport.read_small(staged, DESCRIPTOR_MAX_BYTES), source)
         try:
             desc = parse_descriptor(staged, head)
         except NotADescriptor as exc:
@@ -478,6 +482,22 @@ class StagingArea:
         if info is None or info.size < desc.sectors * SECTOR_BYTES:
             raise StagedCopyInvalid(path=self.where(staged), detail=f"its extent {extent} is missing or short")
         return StagedDisk(staged, extent, len(head), info.size)
+
+    def _keep_adapter_line(self, staged: str, head: bytes, source: bytes) -> bytes:
+        """The staged descriptor, its ``ddb.adapterType`` line rewritten to the one of ``source`` if they differ."""
+        want, now = adapter_lines(source), adapter_lines(head)
+        if not want or (len(now) == 1 and now[0].value == want[0].value):
+            return head
+        fixed = with_adapter_line(head, source)
+        if fixed is None:  # recorded as the copy made it: the disk's data is what matters, and it is intact
+            log.warning("%s: the copy's descriptor %s; recorded as it is", self.where(staged), describe_adapter(head))
+            return head
+        with self.transport.open_write(staged, len(fixed), time.time_ns()) as write_at:
+            write_at(0, fixed)
+        back = self.transport.read_small(staged, DESCRIPTOR_MAX_BYTES)
+        if back != fixed:
+            raise StagedCopyInvalid(path=self.where(staged), detail="its descriptor read back is not what was written")
+        return back
 
 
 # -- snapshot: reading a vSAN volume through a staged copy ----------------------------------------
@@ -618,7 +638,7 @@ class VsanStager:
                 return read(self._view(vol, sizes, mtime, rest), self._source(source, vol, sizes, None))
         self.area.require_space(self.area.copy_need(size), f"a copy of [{self.vsan_datastore}] {vol.path}")
         with self.area.folder() as folder:
-            staged = self.area.stage(self.vsan_datastore, vol.path, folder, emit, adapter_type=adapter_type_of(raw))
+            staged = self.area.stage(self.vsan_datastore, vol.path, folder, emit, source=raw)
             extent = sibling(vol.path, posixpath.basename(staged.extent))
             sizes = {vol.path: staged.descriptor_size, extent: staged.extent_size}
             routes = {vol.path: staged.descriptor, extent: staged.extent}
@@ -968,9 +988,9 @@ class VsanDestination:
         if self.namespace.stat(target) is None:
             return False
         self.area.require_space(self.area.copy_need(extent.size), f"a copy of {self.where(target)} to compare")
-        adapter = adapter_type_of(self.namespace.read_small(target, DESCRIPTOR_MAX_BYTES))
+        live = self.namespace.read_small(target, DESCRIPTOR_MAX_BYTES)
         with self.area.folder() as folder:
-            staged = self.area.stage(self.datastore, target, folder, emit, adapter_type=adapter)
+            staged = self.area.stage(self.datastore, target, folder, emit, source=live)
             if staged.extent_size != extent.size:
                 return False
             return landed_digest(self.area.transport, staged.extent, extent.size, chunk_size) == extent.digest
