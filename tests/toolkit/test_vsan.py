@@ -14,7 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -903,6 +903,13 @@ def but_object(descriptor: bytes) -> str:
     return VSAN_EXTENT.sub(r'RW \1 VMFS "vsan://OBJECT"', descriptor.decode())
 
 
+def delete_from_vsan(vcsim_server: VcsimServer, client: PyvmomiClient, paths: Iterable[str]) -> None:
+    """Delete the disks (and their .vmdk.metadata) at ``paths`` of the vSAN datastore: lost, to be restored."""
+    for rel in paths:
+        client.delete_virtual_disk(f"[{VSAN}] {rel}")
+        (vcsim_server.datastores[VSAN] / f"{rel}.metadata").unlink()
+
+
 def test_restore_onto_vsan_puts_back_an_adapter_type_the_copy_could_not_name(
     vcsim_server: VcsimServer,
     esx_host: VcsimServer,
@@ -923,9 +930,7 @@ def test_restore_onto_vsan_puts_back_an_adapter_type_the_copy_could_not_name(
     cfg = write_config(tmp_path, vcsim_server)
     assert toolkit("--config", str(cfg), "init").exit_code == 0
     assert toolkit("--config", str(cfg), "snapshot").exit_code == 0
-    for rel in originals:
-        client.delete_virtual_disk(f"[{VSAN}] {rel}")
-        (vcsim_server.datastores[VSAN] / f"{rel}.metadata").unlink()
+    delete_from_vsan(vcsim_server, client, originals)
 
     # Restored through a copy host, which writes the spec's adapter type: lsiLogic for all three.
     cfg = write_config(tmp_path, vcsim_server, extra=copy_host_section(esx_host))
@@ -978,9 +983,7 @@ def test_a_snapshot_through_a_copy_host_records_the_adapter_type_of_the_disk(
     assert toolkit("--config", str(cfg), "init").exit_code == 0
     r = toolkit("--config", str(cfg), "snapshot")
     assert r.exit_code == 0, r.stdout + r.stderr
-    for rel in originals:
-        client.delete_virtual_disk(f"[{VSAN}] {rel}")
-        (vcsim_server.datastores[VSAN] / f"{rel}.metadata").unlink()
+    delete_from_vsan(vcsim_server, client, originals)
 
     # Restored through vCenter, whose copies keep the adapter type of what they copy: the recorded one.
     cfg = write_config(tmp_path, vcsim_server)
