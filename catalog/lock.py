@@ -34,6 +34,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -353,11 +354,33 @@ def writer_lock(
         _take(root, lock_path(root), draft, held)
     finally:
         draft.unlink(missing_ok=True)
+    sweep_drafts(root, held.stale_after_s)
     held.start()
     try:
         yield held
     finally:
         held.release()
+
+
+def sweep_drafts(root: Path, older_than_s: float, now: float | None = None) -> list[Path]:
+    """Remove the drafts (``locks/.NAME.<hex>``) that processes killed between writing and placing them left.
+
+    A draft lives for the moment between its write and its link or rename, so one older than
+    ``older_than_s`` (by its time on the storage, hence the stale limit, which allows for clock skew)
+    belongs to no running process. Returns what was removed.
+    """
+    limit = (time.time() if now is None else now) - older_than_s
+    gone = []
+    for path in (root / "locks").glob(".*"):
+        try:
+            if path.stat().st_mtime < limit:
+                path.unlink()
+                gone.append(path)
+        except FileNotFoundError:
+            continue
+    if gone:
+        log.info("removed %d draft(s) that killed processes left in %s", len(gone), root / "locks")
+    return gone
 
 
 def _take(root: Path, path: Path, draft: Path, me: HeldLock) -> None:

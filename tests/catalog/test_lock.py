@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from catalog.errors import Locked, LockLost
-from catalog.lock import STALE_AFTER_S, break_lock, lock_path, read_lock, writer_lock
+from catalog.lock import STALE_AFTER_S, break_lock, lock_path, read_lock, sweep_drafts, writer_lock
 from catalog.repo import Repository
 
 DEADLINE_S = 30.0  # a condition polled for; only a broken heartbeat ever takes this long
@@ -179,3 +179,18 @@ def test_a_holder_whose_lock_was_removed_removes_no_snapshot(root: Path) -> None
     finally:
         repo.close()
     assert read_lock(root) is None
+
+
+def test_the_next_writer_removes_drafts_that_killed_processes_left(root: Path) -> None:
+    locks = root / "locks"
+    old_writer, old_reader = locks / ".writer.0123abcd", locks / ".reader-aa.0123abcd"
+    fresh = locks / ".writer.4567ef01"  # another writer's, between its write and its link
+    for path in (old_writer, old_reader, fresh):
+        path.write_bytes(b"{}")
+    hour_ago = time.time() - 3600
+    for path in (old_writer, old_reader):
+        os.utime(path, (hour_ago, hour_ago))
+    with writer_lock(root, "snapshot"):
+        pass
+    assert sorted(p.name for p in locks.iterdir()) == [fresh.name]
+    assert sweep_drafts(root, 60.0, now=time.time() + 120) == [fresh]

@@ -350,7 +350,7 @@ def driver_command(repo: Path, target: str, when: str, nth: int, sig: str, *args
 
 CRASH_POINTS = {
     # name: (command, function, before|after, n)
-    "snapshot: lock file created, not written": ("snapshot", "catalog.lock:json.dump", "before", 1),
+    "snapshot: lock draft written, not linked": ("snapshot", "catalog.lock:_take", "before", 1),
     "snapshot: pack being written in tmp/": ("snapshot", "catalog.pack:encode_trailer", "before", 2),
     "snapshot: pack renamed, not indexed": ("snapshot", "catalog.index:Index.add_pack", "before", 3),
     "snapshot: pack indexed": ("snapshot", "catalog.index:Index.add_pack", "after", 3),
