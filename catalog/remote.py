@@ -62,11 +62,11 @@ from catalog.lock import (
     judge_readers,
     lock_info,
     lock_token,
+    parse_lock,
     stale_reason,
     timings,
     warn_stale,
 )
-from catalog.lock import parse_lock as parse_lock  # where it lived first; callers import it from here
 from catalog.store import pack_path, write_atomic
 from catalog.types import PackEntry, PackId
 
@@ -285,16 +285,11 @@ class RemoteReader(ReaderAnnouncement):
 def announce_reader(remote: Remote, command: str) -> ReaderAnnouncement | None:
     """Announce a reader so a prune elsewhere keeps the packs it may read; None when the store refused it.
 
-    The announcement is refreshed every :data:`READER_HEARTBEAT_S` until :func:`withdraw_reader`.
+    The announcement is refreshed every :data:`READER_HEARTBEAT_S` until its ``withdraw()``.
     A reader whose credentials may only read still works; it is just not announced.
     """
     announcement = RemoteReader(remote, lock_info(command))
     return announcement if announcement.announce() else None
-
-
-def withdraw_reader(remote: Remote, announcement: ReaderAnnouncement) -> None:
-    """Stop refreshing a reader's announcement and remove it (``remote`` is the store it was announced in)."""
-    announcement.withdraw()
 
 
 def remote_readers(remote: Remote, *, now: datetime | None = None) -> list[LockInfo]:

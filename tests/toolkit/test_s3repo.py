@@ -36,7 +36,6 @@ from catalog.remote import (
     read_remote_pack_index,
     remote_readers,
     remote_writer_lock,
-    withdraw_reader,
 )
 from catalog.repo import Repository
 from catalog.store import PackWriter
@@ -696,7 +695,7 @@ def test_an_announcement_a_refresh_puts_back_after_the_withdrawal_is_removed_aga
     assert announcement is not None
     try:
         assert held.wait(DEADLINE_S)
-        withdraw_reader(access.remote, announcement)  # waits 0.1 s for the refresh, then removes the object
+        announcement.withdraw()  # waits 0.1 s for the refresh, then removes the object
         assert not reader_announcements(s3_repo)
     finally:
         release.set()

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from catalog.errors import Error
-from catalog.lock import STALE_AFTER_S, read_lock
-from catalog.remote import WRITER, parse_lock
+from catalog.lock import STALE_AFTER_S, parse_lock, read_lock
+from catalog.remote import WRITER
 from catalog.repo import read_config
 from toolkit.config import (
     CHECK_TIMEOUT_S,
